@@ -1,0 +1,33 @@
+# make test: create .venv if missing, install the package with its test extras, run the tests.
+# make lint: ruff over the repository.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hpm-installed
+PYTEST_ARGS ?=
+
+.PHONY: test lint install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.py pyproject.toml requirements/torch.txt
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install -r requirements/torch.txt
+	$(PY) -m pip install --no-build-isolation -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# pytest exits 5 when it collects no test: that is a broken selection, never a pass.
+test: $(STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); failing" >&2; exit 1; fi; \
+	exit $$rc
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

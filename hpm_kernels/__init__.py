@@ -1,0 +1,53 @@
+"""hpm_kernels: fused PyTorch ops for Hard Patches Mining (HPM) masked-image pretraining.
+
+Every op is a ``torch.library`` custom op (``torch.ops.hpm.*``) with autograd and a fake kernel,
+so it works under ``torch.compile(fullgraph=True)``. Shapes: images (N, C, H, W); patch size p;
+L = (H/p)*(W/p) patches of P = p*p*C values in MAE order; index tensors (N, K) int64.
+See README.md for the table of ops and backends.
+"""
+
+from __future__ import annotations
+
+from . import reference
+from .backends import (
+    Backend,
+    BackendInfo,
+    BackendUnavailableError,
+    available_backends,
+    backend,
+    register_backend,
+)
+from .ops.gather_tokens import gather_tokens
+from .ops.patch_mse_loss import patch_mse_loss
+from .ops.patchify import patchify, unpatchify
+from .ops.ranking_loss import pairwise_ranking_loss
+from .ops.select_patches import Selection, mask_counts, select_patches
+
+__version__ = "0.1.0"
+
+register_backend(
+    Backend(
+        name="reference",
+        kernels=reference.KERNELS,
+        devices=None,
+        priority=0,
+        description="vectorised PyTorch, any device; the ground truth the kernels are tested against",
+    )
+)
+
+__all__ = [
+    "Backend",
+    "BackendInfo",
+    "BackendUnavailableError",
+    "Selection",
+    "available_backends",
+    "backend",
+    "gather_tokens",
+    "mask_counts",
+    "pairwise_ranking_loss",
+    "patch_mse_loss",
+    "patchify",
+    "register_backend",
+    "select_patches",
+    "unpatchify",
+]

@@ -1,0 +1,102 @@
+"""Argument checks shared by the public ops.
+
+Every check raises ``TypeError`` (wrong kind or dtype), ``ValueError`` (wrong shape or value) or
+``IndexError`` (index out of range) with a message that starts with the argument's name in
+backticks and says what was expected. Checks here look only at metadata (shape, dtype, device),
+so they cost nothing on the GPU and trace cleanly under ``torch.compile``; the one check that
+reads data, :func:`check_index_range`, runs inside the op at run time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from .backends import FLOAT_DTYPES
+
+_FLOAT_NAMES = "float16, bfloat16, float32 or float64"
+
+#: Index-range checks read the index tensor (one device-to-host sync per call on CUDA).
+#: Turn them off with ``HPM_KERNELS_CHECK_INDICES=0`` when the indices are known to be valid,
+#: e.g. straight from :func:`hpm_kernels.select_patches`.
+CHECK_INDICES = os.environ.get("HPM_KERNELS_CHECK_INDICES", "1") != "0"
+
+
+def check_float_tensor(name: str, t: object, ndim: int, dims: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape {dims}, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"`{name}` must have a floating dtype ({_FLOAT_NAMES}), got {t.dtype}")
+    if t.dim() != ndim:
+        raise ValueError(f"`{name}` must be {ndim}-D with shape {dims}, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_index_tensor(name: str, ids: object, batch: int | None, dims: str = "(N, K)") -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"`{name}` must be an int64 torch.Tensor of shape {dims}, got {type(ids).__name__}")
+    if ids.dtype != torch.int64:
+        raise TypeError(f"`{name}` must have dtype torch.int64, got {ids.dtype}")
+    if ids.dim() != 2:
+        raise ValueError(f"`{name}` must be 2-D with shape {dims}, got shape {tuple(ids.shape)}")
+    if batch is not None and ids.shape[0] != batch:
+        raise ValueError(f"`{name}` must have batch size N = {batch} (dim 0), got {ids.shape[0]}")
+    return ids
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {v.device for v in present.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"`{k}` on {v.device}" for k, v in present.items())
+        raise ValueError(f"all tensor arguments must be on one device, got {where}")
+    return next(iter(present.values())).device
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return value
+
+
+def check_patch_size(p: object, H: int, W: int) -> int:
+    check_int("p", p, 1)
+    if H % p or W % p:
+        raise ValueError(f"`p` = {p} must divide the image height and width, got H = {H}, W = {W}")
+    return p
+
+
+def check_ratio(name: str, value: object, low: float, high: float, *, open_low: bool, open_high: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}")
+    value = float(value)
+    above = value > low if open_low else value >= low
+    below = value < high if open_high else value <= high
+    if not (math.isfinite(value) and above and below):
+        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise ValueError(f"`{name}` must be in {interval}, got {value}")
+    return value
+
+
+def check_eps(value: object) -> float:
+    return check_ratio("eps", value, 0.0, math.inf, open_low=False, open_high=True)
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_index_range(name: str, ids: torch.Tensor, size: int) -> None:
+    """Raise ``IndexError`` unless every element of ``ids`` is in ``[0, size)``."""
+    if not CHECK_INDICES or ids.numel() == 0:
+        return
+    bad = (ids < 0) | (ids >= size)
+    if bool(bad.any()):
+        value = int(ids[bad][0])
+        raise IndexError(f"`{name}` must hold indices in [0, {size}), found {value}")

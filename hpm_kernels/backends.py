@@ -1,0 +1,183 @@
+"""Backend registry and dispatcher.
+
+Every op has one ``torch.library`` schema (``torch.ops.hpm.*``) whose last argument names the
+backend that runs it. A backend is a table of kernels plus a declaration of what it supports
+(devices, dtypes, largest row); the public wrappers resolve the name before calling the op, so
+under ``torch.compile`` the choice is a constant of the graph.
+
+Choice, first match wins: the ``backend=`` argument of a call, the innermost
+``with hpm_kernels.backend(name):`` block, the ``HPM_KERNELS_BACKEND`` environment variable,
+then ``"auto"``: the highest-priority available backend that supports the inputs.
+An explicit request for a backend that is unavailable or refuses the inputs raises
+:class:`BackendUnavailableError` saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import torch
+
+AUTO = "auto"
+ENV_VAR = "HPM_KERNELS_BACKEND"
+
+FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested that cannot run the given inputs; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """What a backend is and what it supports.
+
+    ``kernels`` maps op names (``"patchify"``, ``"patchify_backward"``, ...) to callables with
+    the op's schema minus the trailing ``backend`` argument. ``max_row`` bounds the per-row size
+    (L for ``select_patches``, M for ``pairwise_ranking_loss``, L or K elsewhere).
+    ``unavailable_reason`` returns ``None`` when the backend can run in this process.
+    """
+
+    name: str
+    kernels: Mapping[str, Callable]
+    devices: frozenset[str] | None = None  # None: any device
+    dtypes: frozenset[torch.dtype] = FLOAT_DTYPES
+    max_row: int | None = None
+    priority: int = 0
+    unavailable_reason: Callable[[], str | None] = lambda: None
+    description: str = ""
+
+    def refusal(self, op: str, device: torch.device, dtypes: Sequence[torch.dtype], row: int) -> str | None:
+        """Why this backend cannot run ``op`` on these inputs, or ``None`` if it can."""
+        why = self.unavailable_reason()
+        if why is not None:
+            return why
+        if op not in self.kernels:
+            return f"has no kernel for {op!r}"
+        if self.devices is not None and device.type not in self.devices:
+            return f"runs on {sorted(self.devices)} tensors, got {device.type}"
+        bad = sorted({str(d) for d in dtypes if d not in self.dtypes})
+        if bad:
+            return f"does not support dtype {', '.join(bad)} (supports {sorted(str(d) for d in self.dtypes)})"
+        if self.max_row is not None and row > self.max_row:
+            return f"supports rows up to {self.max_row} elements, got {row}"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendInfo:
+    """One row of :func:`available_backends`."""
+
+    name: str
+    available: bool
+    reason: str | None
+    devices: tuple[str, ...] | None
+    dtypes: tuple[str, ...]
+    max_row: int | None
+    description: str
+
+
+_REGISTRY: dict[str, Backend] = {}
+_FORCED: list[str] = []
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend. Backends plug in at import time of their module."""
+    if backend.name == AUTO:
+        raise ValueError(f"backend name {AUTO!r} is reserved")
+    _REGISTRY[backend.name] = backend
+
+
+def unregister_backend(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def available_backends() -> list[BackendInfo]:
+    """Every registered backend, whether it can run here, and if not, why."""
+    rows = []
+    for b in sorted(_REGISTRY.values(), key=lambda b: -b.priority):
+        why = b.unavailable_reason()
+        rows.append(
+            BackendInfo(
+                name=b.name,
+                available=why is None,
+                reason=why,
+                devices=None if b.devices is None else tuple(sorted(b.devices)),
+                dtypes=tuple(sorted(str(d).removeprefix("torch.") for d in b.dtypes)),
+                max_row=b.max_row,
+                description=b.description,
+            )
+        )
+    return rows
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Run every hpm op in this block on backend ``name`` (or ``"auto"``).
+
+    >>> with hpm_kernels.backend("reference"):
+    ...     patches = hpm_kernels.patchify(imgs, 16)
+    """
+    _check_name(name, "backend")
+    _FORCED.append(name)
+    try:
+        yield
+    finally:
+        _FORCED.pop()
+
+
+def _check_name(name: object, argument: str) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"`{argument}` must be a backend name (str), got {type(name).__name__}")
+    if name != AUTO and name not in _REGISTRY:
+        known = ", ".join([AUTO, *sorted(_REGISTRY)])
+        raise ValueError(f"`{argument}`: unknown backend {name!r}; known backends: {known}")
+
+
+def requested_backend(per_call: str | None) -> str:
+    """The name asked for: per-call argument, then context manager, then environment."""
+    if per_call is not None:
+        _check_name(per_call, "backend")
+        return per_call
+    if _FORCED:
+        return _FORCED[-1]
+    env = os.environ.get(ENV_VAR)
+    if env:
+        _check_name(env, ENV_VAR)
+        return env
+    return AUTO
+
+
+def resolve(
+    op: str,
+    requested: str | None,
+    device: torch.device,
+    dtypes: Sequence[torch.dtype],
+    row: int,
+) -> str:
+    """Pick the backend that runs ``op`` on inputs of ``device``/``dtypes`` with rows of ``row``."""
+    name = requested_backend(requested)
+    if name != AUTO:
+        why = _REGISTRY[name].refusal(op, device, dtypes, row)
+        if why is not None:
+            raise BackendUnavailableError(f"backend {name!r} cannot run {op}: {why}")
+        return name
+    refusals = []
+    for b in sorted(_REGISTRY.values(), key=lambda b: -b.priority):
+        why = b.refusal(op, device, dtypes, row)
+        if why is None:
+            return b.name
+        refusals.append(f"{b.name}: {why}")
+    raise BackendUnavailableError(f"no backend can run {op} on these inputs; " + "; ".join(refusals))
+
+
+def kernel(op: str, name: str) -> Callable:
+    """The callable backend ``name`` registered for ``op`` (``name`` already resolved)."""
+    try:
+        return _REGISTRY[name].kernels[op]
+    except KeyError:
+        _check_name(name, "backend")
+        raise BackendUnavailableError(f"backend {name!r} has no kernel for {op}") from None

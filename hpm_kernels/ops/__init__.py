@@ -1,0 +1,1 @@
+"""The ``torch.ops.hpm`` custom ops and their public wrappers, one module per op."""

@@ -1,0 +1,98 @@
+"""Build and install hpm_kernels (and the reference trainer package hpm_pretrain from python/).
+
+Build knobs (environment variables):
+  HPM_KERNELS_BUILD_CUDA=auto|0|1  auto (default): build the CUDA extension from csrc/ whenever
+                                   the CUDA toolkit is found (nvcc / CUDA_HOME), with or without a
+                                   visible GPU; 0: never; 1: fail loudly if it cannot be built.
+  TORCH_CUDA_ARCH_LIST             GPU archs to compile for (default "8.0;9.0").
+  MAX_JOBS                         parallel compile jobs (read by torch's BuildExtension/ninja).
+Building an extension needs torch at build time: `pip install --no-build-isolation .`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def _log(msg: str) -> None:
+    print(f"hpm_kernels setup: {msg}", file=sys.stderr)
+
+
+def _build_cuda_mode() -> str:
+    mode = os.environ.get("HPM_KERNELS_BUILD_CUDA", "auto").strip().lower()
+    if mode not in {"auto", "0", "1"}:
+        sys.exit(f"hpm_kernels setup: HPM_KERNELS_BUILD_CUDA must be auto, 0 or 1, got {mode!r}")
+    return mode
+
+
+def _cuda_sources() -> list[str]:
+    return sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+
+
+def _why_no_cuda_build() -> str | None:
+    """Why the CUDA extension cannot be built here, or None. A missing GPU is not a reason."""
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        return "torch is not importable at build time (install torch first, then pip install --no-build-isolation .)"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    if cpp_extension.CUDA_HOME is None:
+        return "no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)"
+    return None
+
+
+def cuda_extensions() -> tuple[list, dict]:
+    mode = _build_cuda_mode()
+    sources = _cuda_sources()
+    if mode == "0":
+        _log("HPM_KERNELS_BUILD_CUDA=0: skipping the CUDA extension")
+        return [], {}
+    if not sources:
+        _log("csrc/cuda has no sources yet: no CUDA extension to build")
+        return [], {}
+    why = _why_no_cuda_build()
+    if why is not None:
+        if mode == "1":
+            sys.exit(f"hpm_kernels setup: HPM_KERNELS_BUILD_CUDA=1 but the CUDA extension cannot be built: {why}")
+        _log(f"skipping the CUDA extension: {why}")
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    _log(f"building the CUDA extension for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+    ext = CUDAExtension(
+        name="hpm_kernels._C_cuda",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = cuda_extensions()
+
+setup(
+    name="hpm_kernels",
+    version="0.1.0",
+    description="Fused PyTorch ops (Triton, CUDA C++, C++) for Hard Patches Mining masked-image pretraining",
+    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hpm_kernels", "hpm_kernels.*"]) + find_packages("python"),
+    package_dir={"hpm_pretrain": "python/hpm_pretrain"},
+    install_requires=["torch>=2.6", "numpy"],
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "scipy"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
