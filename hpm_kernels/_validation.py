@@ -10,6 +10,7 @@ reads data, :func:`check_index_range`, runs inside the op at run time.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import torch
@@ -55,23 +56,31 @@ def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
     return next(iter(present.values())).device
 
 
+def check_image(name: str, imgs: object) -> torch.Tensor:
+    check_float_tensor(name, imgs, 4, "(N, C, H, W)")
+    if min(imgs.shape[1:]) < 1:
+        raise ValueError(f"`{name}` must have C, H and W >= 1, got shape {tuple(imgs.shape)}")
+    return imgs
+
+
 def check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    value = int(value)
     if value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
     return value
 
 
 def check_patch_size(p: object, H: int, W: int) -> int:
-    check_int("p", p, 1)
+    p = check_int("p", p, 1)
     if H % p or W % p:
         raise ValueError(f"`p` = {p} must divide the image height and width, got H = {H}, W = {W}")
     return p
 
 
 def check_ratio(name: str, value: object, low: float, high: float, *, open_low: bool, open_high: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a float, got {type(value).__name__}")
     value = float(value)
     above = value > low if open_low else value >= low

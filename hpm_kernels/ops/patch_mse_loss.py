@@ -87,9 +87,9 @@ def patch_mse_loss(
         Gradients flow to ``pred`` only; the target is a constant.
     """
     v.check_float_tensor("pred", pred, 3, "(N, K, P)")
-    v.check_float_tensor("imgs", imgs, 4, "(N, C, H, W)")
+    v.check_image("imgs", imgs)
     N, C, H, W = imgs.shape
-    v.check_patch_size(p, H, W)
+    p = v.check_patch_size(p, H, W)
     v.check_index_tensor("ids", ids, N)
     v.check_bool("norm_pix", norm_pix)
     eps = v.check_eps(eps)

@@ -82,11 +82,9 @@ def patchify(imgs: torch.Tensor, p: int, ids: torch.Tensor | None = None, *, bac
         Element (i, j, c) of a patch (pixel row i, column j, channel c) is at (i*p + j)*C + c.
         The gradient scatters back into an image-shaped tensor (zeros where no patch was taken).
     """
-    v.check_float_tensor("imgs", imgs, 4, "(N, C, H, W)")
-    N, C, H, W = imgs.shape
-    if min(C, H, W) < 1:
-        raise ValueError(f"`imgs` must have C, H and W >= 1, got shape {tuple(imgs.shape)}")
-    v.check_patch_size(p, H, W)
+    v.check_image("imgs", imgs)
+    N, _, H, W = imgs.shape
+    p = v.check_patch_size(p, H, W)
     if ids is not None:
         v.check_index_tensor("ids", ids, N)
         v.check_same_device(imgs=imgs, ids=ids)
@@ -100,9 +98,9 @@ def unpatchify(patches: torch.Tensor, p: int, H: int, W: int, *, backend: str | 
     ``L`` must equal (H/p) * (W/p); output in patches' dtype.
     """
     v.check_float_tensor("patches", patches, 3, "(N, L, P)")
-    v.check_int("H", H, 1)
-    v.check_int("W", W, 1)
-    v.check_patch_size(p, H, W)
+    H = v.check_int("H", H, 1)
+    W = v.check_int("W", W, 1)
+    p = v.check_patch_size(p, H, W)
     _, L, P = patches.shape
     if L != (H // p) * (W // p):
         raise ValueError(

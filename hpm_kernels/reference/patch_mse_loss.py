@@ -12,7 +12,7 @@ def target_patches(imgs: torch.Tensor, p: int, ids: torch.Tensor, norm_pix: bool
     """(N, K, P) target in ``dtype``: patches ``ids`` of ``imgs``, normalised per patch with the
     unbiased variance, ``(x - mean) / sqrt(var + eps)``, when ``norm_pix``."""
     target = patchify(imgs, p, ids).to(dtype)
-    if norm_pix:
+    if norm_pix and target.numel():
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)
         target = (target - mean) / (var + eps).sqrt()
