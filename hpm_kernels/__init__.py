@@ -8,7 +8,7 @@ See README.md for the table of ops and backends.
 
 from __future__ import annotations
 
-from . import reference
+from . import reference, triton_kernels
 from .backends import (
     Backend,
     BackendInfo,
@@ -34,6 +34,7 @@ register_backend(
         description="vectorised PyTorch, any device; the ground truth the kernels are tested against",
     )
 )
+register_backend(triton_kernels.backend())
 
 __all__ = [
     "Backend",

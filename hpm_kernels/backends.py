@@ -37,18 +37,28 @@ class Backend:
 
     ``kernels`` maps op names (``"patchify"``, ``"patchify_backward"``, ...) to callables with
     the op's schema minus the trailing ``backend`` argument. ``max_row`` bounds the per-row size
-    (L for ``select_patches``, M for ``pairwise_ranking_loss``, L or K elsewhere).
-    ``unavailable_reason`` returns ``None`` when the backend can run in this process.
+    (L for ``select_patches``, M for ``pairwise_ranking_loss``, L or K elsewhere), for every op
+    or per op name. ``auto_devices`` are the devices where ``"auto"`` may pick this backend
+    (default: all of ``devices``); an explicit request may use any of ``devices``.
+    ``unavailable_reason`` returns ``None`` when the backend can run in this process;
+    ``check`` returns why it refuses particular inputs, beyond the declared fields.
     """
 
     name: str
     kernels: Mapping[str, Callable]
     devices: frozenset[str] | None = None  # None: any device
     dtypes: frozenset[torch.dtype] = FLOAT_DTYPES
-    max_row: int | None = None
+    max_row: int | Mapping[str, int] | None = None
     priority: int = 0
+    auto_devices: frozenset[str] | None = None
     unavailable_reason: Callable[[], str | None] = lambda: None
+    check: Callable[[str, torch.device, Sequence[torch.dtype], int], str | None] = lambda op, device, dtypes, row: None
     description: str = ""
+
+    def row_limit(self, op: str) -> int | None:
+        if isinstance(self.max_row, Mapping):
+            return self.max_row.get(op)
+        return self.max_row
 
     def refusal(self, op: str, device: torch.device, dtypes: Sequence[torch.dtype], row: int) -> str | None:
         """Why this backend cannot run ``op`` on these inputs, or ``None`` if it can."""
@@ -62,9 +72,16 @@ class Backend:
         bad = sorted({str(d) for d in dtypes if d not in self.dtypes})
         if bad:
             return f"does not support dtype {', '.join(bad)} (supports {sorted(str(d) for d in self.dtypes)})"
-        if self.max_row is not None and row > self.max_row:
-            return f"supports rows up to {self.max_row} elements, got {row}"
-        return None
+        limit = self.row_limit(op)
+        if limit is not None and row > limit:
+            return f"supports rows up to {limit} elements, got {row}"
+        return self.check(op, device, dtypes, row)
+
+    def auto_refusal(self, op: str, device: torch.device, dtypes: Sequence[torch.dtype], row: int) -> str | None:
+        """Like :meth:`refusal`, for a backend that ``"auto"`` considers."""
+        if self.auto_devices is not None and device.type not in self.auto_devices:
+            return f"is chosen automatically only for {sorted(self.auto_devices)} tensors (ask for it by name)"
+        return self.refusal(op, device, dtypes, row)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +93,7 @@ class BackendInfo:
     reason: str | None
     devices: tuple[str, ...] | None
     dtypes: tuple[str, ...]
-    max_row: int | None
+    max_row: int | Mapping[str, int] | None
     description: str
 
 
@@ -167,7 +184,7 @@ def resolve(
         return name
     refusals = []
     for b in sorted(_REGISTRY.values(), key=lambda b: -b.priority):
-        why = b.refusal(op, device, dtypes, row)
+        why = b.auto_refusal(op, device, dtypes, row)
         if why is None:
             return b.name
         refusals.append(f"{b.name}: {why}")

@@ -1,7 +1,13 @@
 import os
 
-import pytest
 import torch
+
+# Without a GPU, the Triton kernels run on CPU tensors through Triton's interpreter. The variable
+# must be set before hpm_kernels (which defines the kernels) is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
 from hypothesis import settings
 
 settings.register_profile("ci", deadline=None, max_examples=60, print_blob=True)

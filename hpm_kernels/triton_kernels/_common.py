@@ -1,0 +1,34 @@
+"""Helpers shared by the Triton launchers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+import triton
+
+#: Kernels run through Triton's CPU interpreter (TRITON_INTERPRET=1, read when they are defined).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+#: Tests set this to a function dtype -> fill value, so outputs are poisoned before a kernel
+#: writes them and any element a kernel forgets shows up.
+POISON: Callable[[torch.dtype], object] | None = None
+
+
+def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Output allocation for the launchers (poisoned under test)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if POISON is not None:
+        out.fill_(POISON(dtype))
+    return out
+
+
+def block_size(n: int, cap: int = 4096) -> int:
+    """Power of two >= n (at least 16, Triton's smallest useful block), at most cap."""
+    return min(max(16, triton.next_power_of_2(max(n, 1))), cap)
+
+
+def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """Accumulation/loss dtype: float32 for the half and float32 inputs the kernels accept."""
+    return torch.float32
