@@ -1,12 +1,12 @@
 # make test: create .venv if missing, install the package with its test extras, run the tests.
-# make lint: ruff over the repository.
+# make lint: ruff over the repository. make demo: the reference HPM pretraining demo.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hpm-installed
 PYTEST_ARGS ?=
 
-.PHONY: test lint install clean
+.PHONY: test lint install clean demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); failing" >&2; exit 1; fi; \
 	exit $$rc
+
+# The main job: a short HPM pretraining on ELPV solar cells (installed from PyPI) with the fused
+# ops, then the hardness-map PNG; prints throughput and where the outputs are.
+demo: $(STAMP)
+	$(PY) -m hpm_pretrain.demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -79,6 +79,7 @@ def cuda_extensions() -> tuple[list, dict]:
 
 
 ext_modules, cmdclass = cuda_extensions()
+TRAIN_REQUIRES = ["torchvision", "timm", "tqdm", "pillow", "elpv-dataset", "safetensors"]
 
 setup(
     name="hpm_kernels",
@@ -91,7 +92,12 @@ setup(
     packages=find_packages(include=["hpm_kernels", "hpm_kernels.*"]) + find_packages("python"),
     package_dir={"hpm_pretrain": "python/hpm_pretrain"},
     install_requires=["torch>=2.6", "numpy"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "scipy"]},
+    extras_require={
+        # runtime deps of the reference trainer (hpm_pretrain); elpv-dataset's images are CC BY-NC-SA 4.0
+        "train": TRAIN_REQUIRES,
+        "test": [*TRAIN_REQUIRES, "pytest", "pytest-benchmark", "hypothesis", "ruff", "scipy"],
+    },
+    entry_points={"console_scripts": ["hpm-pretrain=hpm_pretrain.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,
