@@ -226,8 +226,10 @@ class MetricsLog:
         self.enabled = enabled
         self.writer = None
         if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError(f"--tensorboard needs the tensorboard package (pip install tensorboard): {e}") from None
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
     def write(self, row: dict) -> None:
