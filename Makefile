@@ -11,7 +11,11 @@ PYTEST_ARGS ?=
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(PY) setup.py pyproject.toml requirements/torch.txt
+CSRC := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh)
+
+# The C++/CUDA extensions are compiled by this install step (CUDA only where a toolkit is found;
+# export CUDA_HOME when the nvcc on PATH is a wrapper).
+$(STAMP): $(PY) setup.py pyproject.toml requirements/torch.txt $(CSRC)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install -r requirements/torch.txt
 	$(PY) -m pip install --no-build-isolation -e '.[test]'
@@ -36,3 +40,16 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Benchmarks (never part of `make test`): the CPU suite to JSON, then the generated report.
+# ~10 minutes on 2 quiet cores; see benchmarks/README.md for the knobs (HPM_BENCH_*).
+BENCH_DEVICE ?= cpu
+BENCH_JSON ?= benchmarks/results/cpu.json
+BENCH_OUT ?= benchmarks/RESULTS.md
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(STAMP)
+	@mkdir -p $(dir $(BENCH_JSON))
+	HPM_BENCH_DEVICE=$(BENCH_DEVICE) $(PY) -m pytest benchmarks/ --benchmark-only -p no:cacheprovider \
+		--benchmark-json=$(BENCH_JSON) --benchmark-columns=median,iqr,rounds,iterations $(BENCH_ARGS)
+	$(PY) benchmarks/report.py $(BENCH_JSON) --out $(BENCH_OUT)

@@ -2,7 +2,8 @@
 
 They are what the fused ops are measured against: a per-sample mask loop with a device-to-host
 copy per image, the eager N x M x M relative loss, and einsum patchify + gather + eager
-norm-pix + MSE.
+norm-pix + MSE; for patchify and gather_tokens, MAE's einsum patchify of the whole image then a
+gather, and MAE's token gather with an index repeated D times.
 """
 
 from __future__ import annotations
@@ -49,3 +50,18 @@ def patch_mse_loss_eager(pred: torch.Tensor, imgs: torch.Tensor, p: int, ids: to
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
     per_patch = (pred.float() - target).pow(2).mean(-1)
     return per_patch.mean(), per_patch
+
+
+def patchify_gather_eager(imgs: torch.Tensor, p: int, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """MAE's einsum patchify of every patch, then (with ``ids``) a gather of the chosen ones."""
+    N, C, H, W = imgs.shape
+    x = imgs.reshape(N, C, H // p, p, W // p, p)
+    x = torch.einsum("nchpwq->nhwpqc", x).reshape(N, (H // p) * (W // p), p * p * C)
+    if ids is None:
+        return x
+    return torch.gather(x, 1, ids.unsqueeze(-1).repeat(1, 1, x.shape[-1]))
+
+
+def gather_tokens_repeat(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """MAE's token gather: ``torch.gather`` with the index materialised D times."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).repeat(1, 1, x.shape[-1]))

@@ -1,11 +1,13 @@
-"""Time every op on a CUDA GPU: reference eager, torch.compile(reference), Triton, and baselines.
+"""Time every op on a CUDA GPU: reference eager, torch.compile(reference), Triton, CUDA C++, and baselines.
 
     python benchmarks/gpu_ops.py [--dtype bf16] [--n 256] [--json OUT.json]
 
 ViT-B/16 at 224 px (L = 196, P = 768, mask ratio 0.75, hard ratio 0.5) by default. Medians from
 ``triton.testing.do_bench`` on random data; achieved GB/s against the fewest bytes each op must
 move, and that as a fraction of a device-to-device copy measured in the same run. The table is
-printed last. No test asserts on these numbers.
+printed last. No test asserts on these numbers. Rows of variant "cuda" (the CUDA C++ kernels of
+csrc/cuda) are timed beside "triton" whenever that backend is available; otherwise (no extension
+built, or --smoke on CPU) they are left out and the reason is printed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def bench(fn: Callable[[], object]) -> float:
         fn()
         return (time.perf_counter() - t0) * 1e3
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def cuda_unavailable() -> str | None:
+    """Why the "cuda" backend is not timed in this run, or None."""
+    if SMOKE:
+        return "--smoke runs on CPU tensors"
+    info = next((b for b in hk.available_backends() if b.name == "cuda"), None)
+    if info is None:
+        return "backend 'cuda' is not registered"
+    return None if info.available else str(info.reason)
 
 
 def compile_(fn: Callable) -> Callable:
@@ -83,6 +95,7 @@ def run(args) -> list[dict]:
     s_target = torch.rand(N, M, generator=g, device=dev)
     copy_gbs = copy_bandwidth(dev)
     rows: list[dict] = []
+    timed = ["triton"] if cuda_unavailable() else ["triton", "cuda"]
 
     def record(op, variant, ms, nbytes, note=""):
         gbs = nbytes / ms / 1e6 if nbytes else float("nan")
@@ -95,8 +108,9 @@ def run(args) -> list[dict]:
         compiled = compile_(compiled_body)
         compiled()
         record(op, "compile(reference)", bench(compiled), nbytes, f"compile {time.perf_counter() - t0:.0f}s")
-        with hk.backend("triton"):
-            record(op, "triton", bench(eager), nbytes)
+        for name in timed:
+            with hk.backend(name):
+                record(op, name, bench(eager), nbytes)
 
     # --- patchify with the fused gather of the visible patches
     nb = 2 * N * len_keep * P * es + N * len_keep * 8
@@ -132,8 +146,9 @@ def run(args) -> list[dict]:
         bench(lambda: torch.autograd.grad(baselines.patch_mse_loss_eager(pred, imgs, p, sel.ids_mask)[0], pred)),
         nb_fb,
     )
-    with hk.backend("triton"):
-        record("patch_mse_loss fwd", "triton", bench(lambda: hk.patch_mse_loss(pred.detach(), imgs, p, sel.ids_mask)), nb_fwd)
+    for name in timed:
+        with hk.backend(name):
+            record("patch_mse_loss fwd", name, bench(lambda: hk.patch_mse_loss(pred.detach(), imgs, p, sel.ids_mask)), nb_fwd)
 
     # --- selection
     nb_sel = 2 * N * L * 4 + N * (len_keep + M + L) * 8 + N * L
@@ -174,8 +189,12 @@ def run(args) -> list[dict]:
         bench(lambda: torch.autograd.grad(baselines.ranking_loss_eager(s_pred, s_target), s_pred)),
         nb_rank,
     )
+
+    def ranking_on(name: str) -> Callable:
+        return lambda: torch.autograd.grad(hk.pairwise_ranking_loss(s_pred, s_target, backend=name), s_pred)
+
     for name, fn in [
-        ("triton", lambda: torch.autograd.grad(hk.pairwise_ranking_loss(s_pred, s_target, backend="triton"), s_pred)),
+        *[(b, ranking_on(b)) for b in timed],
         ("baseline eager N*M*M", lambda: torch.autograd.grad(baselines.ranking_loss_eager(s_pred, s_target), s_pred)),
     ]:
         if SMOKE:
@@ -215,12 +234,15 @@ def main(argv: list[str] | None = None) -> None:
         python=platform.python_version(),
         command=" ".join(sys.argv),
         shape=f"N={args.n} img={args.img} p={args.patch} dim={args.dim} dtype={args.dtype}",
+        cuda_backend=cuda_unavailable() or "timed",
     )
     rows = run(args)
     if args.json:
         args.json.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     print("\n" + "  ".join(f"{k}={v}" for k, v in meta.items()))
     print(f"device-to-device copy: {rows[0]['copy_gbs']:.0f} GB/s")
+    if cuda_unavailable():
+        print(f"cuda backend: not timed ({cuda_unavailable()})")
     print(f"{'op':34s} {'variant':40s} {'ms':>9s} {'GB/s':>7s} {'%copy':>6s} {'x vs triton':>11s}  note")
     triton_ms = {r["op"]: r["ms"] for r in rows if r["variant"] == "triton"}
     for r in rows:

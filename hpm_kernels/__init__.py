@@ -8,7 +8,7 @@ See README.md for the table of ops and backends.
 
 from __future__ import annotations
 
-from . import reference, triton_kernels
+from . import compiled, reference, triton_kernels
 from .backends import (
     Backend,
     BackendInfo,
@@ -35,6 +35,11 @@ register_backend(
     )
 )
 register_backend(triton_kernels.backend())
+# Priorities: triton 10 leads on CUDA until GPU timings say otherwise (benchmarks/RESULTS.md);
+# the C++ CPU backend (5) leads the reference on CPU tensors: it measured faster for every op it
+# lists (benchmarks/cpu_ops.py; an op that measures slower is left out of its kernels instead).
+register_backend(compiled.cpu_backend(priority=5))
+register_backend(compiled.cuda_backend(priority=5))
 
 __all__ = [
     "Backend",

@@ -262,7 +262,8 @@ def test_backend_without_a_kernel_for_the_op_is_skipped() -> None:
 
 
 def test_auto_lists_every_reason_when_no_backend_can_run(registry: dict[str, Backend]) -> None:
-    backends.unregister_backend("reference")
+    for name in ("reference", "cpu", "cuda"):  # the real backends that can run on CPU tensors
+        backends.unregister_backend(name)
     Fake("cuda_only", priority=5, devices=frozenset({"cuda"}))
     Fake("gpu", priority=1, unavailable_reason=lambda: "needs a GPU")
     Fake("tiny", priority=0, max_row=2)
@@ -273,7 +274,7 @@ def test_auto_lists_every_reason_when_no_backend_can_run(registry: dict[str, Bac
     assert "cuda_only: runs on ['cuda'] tensors, got cpu" in message
     assert "gpu: needs a GPU" in message
     assert "tiny: supports rows up to 2 elements, got 4" in message
-    assert "reference" not in message
+    assert "reference" not in message and "cpu:" not in message
 
 
 def test_registry_fixture_restored_reference() -> None:

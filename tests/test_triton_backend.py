@@ -19,9 +19,10 @@ def test_listed_as_available():
 
 
 @pytest.mark.skipif(ON_GPU, reason="CPU-only behaviour")
-def test_auto_keeps_cpu_tensors_on_the_reference():
+def test_auto_never_sends_cpu_tensors_to_triton():
     x = torch.randn(2, 3, 8, 8)
-    assert choose("patchify", None, x, row=4) == "reference"
+    # the C++ CPU backend when it is built, else the reference; the interpreter only by name
+    assert choose("patchify", None, x, row=4) in {"cpu", "reference"}
     with hk.backend("triton"):
         assert choose("patchify", None, x, row=4) == "triton"
 

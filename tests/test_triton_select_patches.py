@@ -7,6 +7,7 @@ import torch
 
 import hpm_kernels as hk
 from hpm_kernels.triton_kernels import select_patches as triton_select
+from tests.select_cases import RATIOS, SPECIAL, select_rows
 from tests.triton_utils import DEVICE, DTYPE_PARAMS, ON_GPU, requires_triton, run_reference, run_triton
 
 pytestmark = requires_triton
@@ -14,27 +15,6 @@ pytestmark = requires_triton
 # L = 1, 2, 7 (len_keep = 0 at high mask ratios), 49, 196 (ViT-B/16 at 224 px), 197, 256 (a
 # full block), 576 (ViT-L/14 at 336 px) and 4096, the largest row the Triton backend takes.
 SHAPES = [(2, 1), (2, 2), (4, 7), (4, 49), (4, 196), (2, 197), (1, 256), (1, 576), (1, 4096)]
-# (mask_ratio, hard_ratio): len_keep = 0 at L = 1, 2 from 0.5 up and at L < 1000 for 0.999;
-# hard_ratio 1 gives num_hard = L - len_keep (every masked patch hard, all of them at 0.999).
-RATIOS = [(0.1, 0.0), (0.1, 1.0), (0.5, 0.3), (0.75, 0.0), (0.75, 0.5), (0.999, 1.0)]
-# Values that sort specially: NaN, infinities, signed zeros, subnormals (float32 and float16).
-SPECIAL = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-40, -1e-40, 6e-8, -6e-8, 1.0, -1.0]
-
-
-def _rows(gen: torch.Generator, N: int, L: int, dtype: torch.dtype, kind: str) -> torch.Tensor:
-    """(N, L) test values; row n uses pattern n % 4: random, heavy ties, specials, all equal."""
-    x = torch.empty(N, L)
-    for n in range(N):
-        pattern = n % 4
-        if pattern == 0:
-            x[n] = torch.randn(L, generator=gen) if kind == "scores" else torch.rand(L, generator=gen)
-        elif pattern == 1:
-            x[n] = torch.randint(0, 3, (L,), generator=gen).float()
-        elif pattern == 2:
-            x[n] = torch.tensor(SPECIAL)[torch.randint(0, len(SPECIAL), (L,), generator=gen)]
-        else:
-            x[n] = float("nan") if kind == "scores" else 0.5
-    return x.to(DEVICE, dtype)
 
 
 def _assert_same(got, want) -> None:
@@ -54,10 +34,10 @@ def _check(scores, noise, mask_ratio, hard_ratio, fill):
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{n}x{l}" for n, l in SHAPES])
 def test_matches_reference(gen, shape, dtype):
     N, L = shape
-    scores = _rows(gen, N, L, dtype, "scores")
+    scores = select_rows(gen, N, L, dtype, "scores", DEVICE)
     # Noise rows run one pattern ahead of the score rows: random scores meet tied noise, tied
     # scores special noise, special scores constant noise, all-NaN scores random noise.
-    noise = _rows(gen, N + 1, L, dtype, "noise")[1:]
+    noise = select_rows(gen, N + 1, L, dtype, "noise", DEVICE)[1:]
     for i, (mask_ratio, hard_ratio) in enumerate(RATIOS):
         _check(scores, noise, mask_ratio, hard_ratio, fill="high" if i % 2 else "low")
 
@@ -94,8 +74,8 @@ def test_signed_zero_ties_by_index(gen):
 )
 def test_scores_and_noise_in_different_dtypes(gen, dtypes):
     N, L = 4, 197
-    scores = _rows(gen, N, L, dtypes[0], "scores")
-    noise = _rows(gen, N + 1, L, dtypes[1], "noise")[1:]
+    scores = select_rows(gen, N, L, dtypes[0], "scores", DEVICE)
+    noise = select_rows(gen, N + 1, L, dtypes[1], "noise", DEVICE)[1:]
     for mask_ratio, hard_ratio in [(0.75, 0.0), (0.75, 0.5), (0.5, 1.0)]:
         _check(scores, noise, mask_ratio, hard_ratio, fill="low")
 
@@ -103,10 +83,10 @@ def test_scores_and_noise_in_different_dtypes(gen, dtypes):
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_non_contiguous_inputs(gen, dtype):
     N, L = 4, 49
-    transposed = _rows(gen, L, N, dtype, "scores").t()  # (N, L), row stride 1
-    strided = _rows(gen, N, 3 * L, dtype, "noise")[:, ::3]  # (N, L), element stride 3
-    one_row = _rows(gen, 1, L, dtype, "scores").expand(N, L)  # row stride 0
-    every_other_row = _rows(gen, 2 * N, L, dtype, "noise")[::2]  # row stride 2 L
+    transposed = select_rows(gen, L, N, dtype, "scores", DEVICE).t()  # (N, L), row stride 1
+    strided = select_rows(gen, N, 3 * L, dtype, "noise", DEVICE)[:, ::3]  # (N, L), element stride 3
+    one_row = select_rows(gen, 1, L, dtype, "scores", DEVICE).expand(N, L)  # row stride 0
+    every_other_row = select_rows(gen, 2 * N, L, dtype, "noise", DEVICE)[::2]  # row stride 2 L
     assert not any(t.is_contiguous() for t in [transposed, strided, one_row, every_other_row])
     for scores, noise in [(transposed, strided), (one_row, every_other_row), (strided, transposed)]:
         _check(scores, noise, 0.75, 0.5, fill="high")
@@ -132,8 +112,8 @@ def test_whole_batch_is_one_launch(gen, monkeypatch, dtype):
     """One program per row, all rows in a single launch (so no host sync between samples)."""
     grids = _count_launches(monkeypatch)
     N, L = 5, 49
-    scores = _rows(gen, N, L, dtype, "scores")
-    noise = _rows(gen, N, L, dtype, "noise")
+    scores = select_rows(gen, N, L, dtype, "scores", DEVICE)
+    noise = select_rows(gen, N, L, dtype, "noise", DEVICE)
     _check(scores, noise, 0.75, 0.5, fill="high")
     assert grids == [(N,)]
 
