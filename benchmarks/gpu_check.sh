@@ -2,7 +2,8 @@
 # One call on a CUDA machine that has its own PyTorch and Triton: install this package there
 # (which compiles the C++ and CUDA C++ extensions), run the CUDA backend tests on the GPU, run
 # compute-sanitizer (memcheck, racecheck) over a small call of every CUDA kernel, time every op
-# (Triton and CUDA C++ side by side), then run the rest of the test suite. Everything lands in
+# (Triton and CUDA C++ side by side), run the pytest-benchmark suite (benchmarks/, with its report),
+# then the rest of the test suite. Everything lands in
 # $OUT (default benchmarks/results/latest); the op table is printed before the suite's summary.
 #
 # Budget: under 8 minutes on one H100. Each step has its own timeout, shortened so that the whole
@@ -119,6 +120,16 @@ if ((t > 0)); then
   tail -40 "$OUT/gpu_ops_bf16.txt"
 else
   skipped "op benchmarks (out of time budget)"
+fi
+step "benchmark suite (pytest-benchmark, all shape sets; benchmarks/README.md) -> RESULTS_gpu.md"
+t=$(left 150)
+if ((t > 0)); then
+  HPM_BENCH_COMPILE=${HPM_BENCH_COMPILE:-vitb16_224} timeout "$t" $PY -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider \
+    --benchmark-json="$OUT/bench_gpu.json" > "$OUT/bench.log" 2>&1 || status=1
+  tail -3 "$OUT/bench.log"
+  [[ -s "$OUT/bench_gpu.json" ]] && $PY benchmarks/report.py "$OUT/bench_gpu.json" --out "$OUT/RESULTS_gpu.md" > /dev/null 2>&1
+else
+  skipped "benchmark suite (out of time budget)"
 fi
 step "the rest of the test suite on the GPU"
 t=$(left 240)
