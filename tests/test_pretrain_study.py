@@ -76,3 +76,21 @@ def test_elpv_hardness_check_and_example_png(tmp_path):
         assert 0 <= h[key] <= 1
     png = study.defect_examples(ckpt, tmp_path / "ex.png", num_images=2)
     assert png.stat().st_size > 0
+
+
+def test_random_init_control_keeps_the_initial_weights(tmp_path):
+    import torch
+
+    from hpm_pretrain.checkpoint import load
+    from hpm_pretrain.train import build_model
+
+    root = tmp_path / "fmnist"
+    _fake_fmnist(root, gz=True, n_train=40, n_test=20)
+    cfg = _tiny(study.FMNIST, data_path=str(root), limit=None, method="mae", seed=3)
+    result = study.run_one(study.RunSpec("t-init", "fmnist-random-init", cfg), tmp_path / "out", tmp_path / "work", threads=1)
+    assert result["opt_steps"] == 0 and 0 <= result["eval"]["knn_acc"] <= 1
+    torch.manual_seed(cfg.seed)
+    init = build_model(cfg).state_dict()
+    saved = load(tmp_path / "work" / "t-init" / "checkpoint.pt", map_location="cpu")["model"]
+    assert init.keys() == saved.keys()
+    assert all(torch.equal(init[k], saved[k]) for k in init)
