@@ -385,6 +385,7 @@ def write_report(out: Path) -> Path:
         curve = "-"
         if curves and all(c and c[0] is not None for c in curves):
             curve = " → ".join(f"{statistics.fmean(vals):.3f}" for vals in zip(*curves))
+        epochs = "/".join(str(e) for e in sorted({r["config"]["epochs"] for r in rs} if rs[0]["opt_steps"] else {0}))
         label = method + (f" (predictor depth {depth})" if depth else "")
         if group.endswith("random-init"):
             label = "none (random init)"
@@ -393,7 +394,7 @@ def write_report(out: Path) -> Path:
         elif group.endswith("equal-time"):
             label = "mae (HPM's wall time)"
         lines.append(
-            f"| {group} | {label} | {len(rs)} | {rs[0]['config']['epochs']} | {_ms([r['eval']['knn_acc'] for r in rs])} | "
+            f"| {group} | {label} | {len(rs)} | {epochs} | {_ms([r['eval']['knn_acc'] for r in rs])} | "
             f"{_ms([r['eval']['linear_acc'] for r in rs])} | {statistics.fmean(r['wall_s'] for r in rs):.0f} | "
             f"{statistics.fmean(r['images_per_s'] for r in rs):.1f} | {curve} |"
         )
