@@ -36,6 +36,7 @@ import torch
 import hpm_kernels as hk
 from hpm_kernels import reference
 from hpm_kernels.backends import BackendUnavailableError, resolve
+from hpm_pretrain.machine import cpu_model
 
 MASK_RATIO = 0.75
 HARD_RATIO = 0.5
@@ -47,16 +48,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def _env_list(name: str) -> list[str] | None:
     v = os.environ.get(name, "").strip()
     return [s.strip() for s in v.split(",") if s.strip()] if v else None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_has_native_bf16() -> bool:

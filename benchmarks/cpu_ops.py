@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines
-from bench_common import cpu_model
 
 import hpm_kernels as hk
+from hpm_pretrain.machine import cpu_model
 
 TARGETS = {  # the targets: cpu speed-up over a baseline
     ("select_patches", "per-sample loop"): 20.0,

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import platform
 import statistics
 import sys
 import time
 
 import torch
 
+from hpm_pretrain.machine import cpu_model
 from hpm_pretrain.model import HPMViT, model_config, param_groups
 from hpm_pretrain.train import PretrainConfig, ema_update, forward_step
 
@@ -68,10 +68,7 @@ def main(argv=None) -> None:
             step()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor()
-    )
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"date={datetime.date.today()} machine={where} torch={torch.__version__} command={' '.join(sys.argv)}")
     print(
         f"{args.preset} {args.img}px p={args.patch} batch={args.batch}, median of {args.repeats} steps after {args.warmup} warm-up"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
@@ -50,12 +50,6 @@ def registered_kernels(dispatch_key: str) -> dict[str, Callable]:
     }
 
 
-def _one_float_dtype(op: str, device: torch.device, dtypes: Sequence[torch.dtype], row: int) -> str | None:
-    if len(set(dtypes)) > 1:
-        return f"needs every float input in one dtype, got {sorted(str(d) for d in set(dtypes))}"
-    return None
-
-
 @functools.cache
 def _no_gpu() -> str | None:
     return None if torch.cuda.is_available() else "no CUDA device visible"
@@ -79,7 +73,7 @@ def cpu_backend(priority: int) -> Backend:
         priority=priority,
         unavailable_reason=lambda: missing,
         # Mixed float inputs (e.g. bfloat16 pred, float32 imgs) are fine: each input is read in
-        # its own dtype and converted to float32 in the kernel, so no `_one_float_dtype` check.
+        # its own dtype and converted to float32 in the kernel, so the backend has no dtype-match check.
         description="C++ kernels for CPU tensors (at::parallel_for)",
     )
 

@@ -24,3 +24,20 @@ def select_rows(gen: torch.Generator, N: int, L: int, dtype: torch.dtype, kind: 
         else:
             x[n] = float("nan") if kind == "scores" else 0.5
     return x.to(device, dtype)
+
+
+# (mask_ratio, hard_ratio) for the special-value rows: no hard part, half, all masked hard, almost all masked.
+SPECIAL_RATIOS = [(0.5, 0.0), (0.75, 0.5), (0.75, 1.0), (0.999, 1.0)]
+
+
+def special_rows(gen: torch.Generator, N: int, L: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, noise), (N >= 4, L) float32 drawn from SPECIAL (noise from NaN, +-inf, 0: ties on both
+    sides), with an all -inf score row, a half-NaN score row, an all-NaN and an all -0.0 noise row."""
+    table = torch.tensor(SPECIAL)
+    scores = table[torch.randint(0, len(SPECIAL), (N, L), generator=gen)].to(device)
+    noise = table[torch.randint(0, 4, (N, L), generator=gen)].to(device)
+    scores[0] = float("-inf")
+    scores[1, ::2] = float("nan")
+    noise[2] = float("nan")
+    noise[3] = -0.0
+    return scores, noise

@@ -22,7 +22,7 @@ import torch
 import hpm_kernels as hk
 from hpm_kernels import compiled
 from hpm_kernels.ops._dispatch import choose
-from tests.select_cases import RATIOS, SPECIAL, select_rows
+from tests.select_cases import RATIOS, SPECIAL_RATIOS, select_rows, special_rows
 
 CPU_INFO = next((b for b in hk.available_backends() if b.name == "cpu"), None)
 CPU_OK = CPU_INFO is not None and CPU_INFO.available
@@ -396,14 +396,8 @@ def test_select_patches_matches_reference(gen, shape, dtype):
 @pytest.mark.parametrize("L", [7, 196])
 def test_select_patches_ties_and_special_values_everywhere(gen, L):
     N = 6
-    table = torch.tensor(SPECIAL)
-    scores = table[torch.randint(0, len(SPECIAL), (N, L), generator=gen)]
-    noise = table[torch.randint(0, 4, (N, L), generator=gen)]  # NaN, +-inf, 0
-    scores[0] = float("-inf")
-    scores[1, ::2] = float("nan")
-    noise[2] = float("nan")
-    noise[3] = -0.0
-    for i, (mask_ratio, hard_ratio) in enumerate([(0.5, 0.0), (0.75, 0.5), (0.75, 1.0), (0.999, 1.0)]):
+    scores, noise = special_rows(gen, N, L)
+    for i, (mask_ratio, hard_ratio) in enumerate(SPECIAL_RATIOS):
         _check_select(scores, noise, mask_ratio, hard_ratio, mode=1 + i % 2)
 
 

@@ -18,7 +18,7 @@ import torch
 
 import hpm_kernels as hk
 from hpm_kernels import backends, compiled
-from tests.select_cases import RATIOS, SPECIAL, select_rows
+from tests.select_cases import RATIOS, SPECIAL_RATIOS, select_rows, special_rows
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda")
@@ -412,14 +412,8 @@ def test_select_patches(gen, _poison, dtype, shape, fill):
 @pytest.mark.parametrize("L", [7, 196, 4096])
 def test_select_patches_ties_and_special_values_everywhere(gen, L):
     N = 6
-    table = torch.tensor(SPECIAL)
-    scores = table[torch.randint(0, len(SPECIAL), (N, L), generator=gen)].to(DEVICE)
-    noise = table[torch.randint(0, 4, (N, L), generator=gen)].to(DEVICE)  # NaN, +-inf, 0
-    scores[0] = float("-inf")
-    scores[1, ::2] = float("nan")
-    noise[2] = float("nan")
-    noise[3] = -0.0
-    for mask_ratio, hard_ratio in [(0.5, 0.0), (0.75, 0.5), (0.75, 1.0), (0.999, 1.0)]:
+    scores, noise = special_rows(gen, N, L, DEVICE)
+    for mask_ratio, hard_ratio in SPECIAL_RATIOS:
         _check_select(scores, noise, mask_ratio, hard_ratio)
 
 

@@ -7,7 +7,7 @@ import torch
 
 import hpm_kernels as hk
 from hpm_kernels.triton_kernels import select_patches as triton_select
-from tests.select_cases import RATIOS, SPECIAL, select_rows
+from tests.select_cases import RATIOS, SPECIAL_RATIOS, select_rows, special_rows
 from tests.triton_utils import DEVICE, DTYPE_PARAMS, ON_GPU, requires_triton, run_reference, run_triton
 
 pytestmark = requires_triton
@@ -46,14 +46,8 @@ def test_matches_reference(gen, shape, dtype):
 def test_ties_and_special_values_everywhere(gen, L):
     """Scores and noise both drawn from a handful of special values (ties on both sides)."""
     N = 6
-    table = torch.tensor(SPECIAL)
-    scores = table[torch.randint(0, len(SPECIAL), (N, L), generator=gen)].to(DEVICE)
-    noise = table[torch.randint(0, 4, (N, L), generator=gen)].to(DEVICE)  # NaN, +-inf, 0
-    scores[0] = float("-inf")
-    scores[1, ::2] = float("nan")
-    noise[2] = float("nan")
-    noise[3] = -0.0
-    for i, (mask_ratio, hard_ratio) in enumerate([(0.5, 0.0), (0.75, 0.5), (0.75, 1.0), (0.999, 1.0)]):
+    scores, noise = special_rows(gen, N, L, DEVICE)
+    for i, (mask_ratio, hard_ratio) in enumerate(SPECIAL_RATIOS):
         _check(scores, noise, mask_ratio, hard_ratio, fill="high" if i % 2 else "low")
 
 

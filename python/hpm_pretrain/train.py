@@ -250,6 +250,11 @@ class MetricsLog:
         self.path.write_text("".join(r + "\n" for r in rows))
 
 
+def train_data_config(cfg: PretrainConfig) -> DataConfig:
+    """The training split as ``pretrain`` reads it (MAE augmentation on)."""
+    return DataConfig(cfg.data, cfg.data_path, cfg.image_shape, cfg.in_chans, "train", True, cfg.limit)
+
+
 def build_model(cfg: PretrainConfig, ops: str | None = None) -> HPMViT:
     """The student architecture of a run (random init from the current torch seed)."""
     mcfg = model_config(
@@ -279,8 +284,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    H, W = cfg.image_shape
-    dataset = build_dataset(DataConfig(cfg.data, cfg.data_path, (H, W), cfg.in_chans, "train", True, cfg.limit))
+    dataset = build_dataset(train_data_config(cfg))
     steps_per_epoch = len(dataset) // (cfg.batch_size * world)
     if steps_per_epoch < cfg.accum_steps:
         raise ValueError(
