@@ -13,8 +13,8 @@ $(PY):
 
 CSRC := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh)
 
-# The C++/CUDA extensions are compiled by this install step (CUDA only where a toolkit is found;
-# export CUDA_HOME when the nvcc on PATH is a wrapper).
+# The C++/CUDA extensions are compiled by this install step (CUDA wherever setup.py finds a usable
+# toolkit; hpm_kernels/build_config.py says how, hpm_kernels/_build.json what it decided).
 $(STAMP): $(PY) setup.py pyproject.toml requirements/torch.txt $(CSRC)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install -r requirements/torch.txt
@@ -53,3 +53,12 @@ bench: $(STAMP)
 	HPM_BENCH_DEVICE=$(BENCH_DEVICE) $(PY) -m pytest benchmarks/ --benchmark-only -p no:cacheprovider \
 		--benchmark-json=$(BENCH_JSON) --benchmark-columns=median,iqr,rounds,iterations $(BENCH_ARGS)
 	$(PY) benchmarks/report.py $(BENCH_JSON) --out $(BENCH_OUT)
+
+# Supported versions (never part of `make test`: ~15 minutes a row on 2 cores, downloads included).
+# Builds and tests a copy of the tree in .compat/<row>/ against the oldest supported torch and the
+# GPU machine's versions (tests/compat/compat.py), records each row in tests/compat/results/ and
+# rewrites the matrix in README.md. One row: make compat COMPAT_ARGS="--rows gpu-machine".
+COMPAT_ARGS ?=
+.PHONY: compat
+compat:
+	$(PYTHON) tests/compat/compat.py $(COMPAT_ARGS)

@@ -1,28 +1,44 @@
 """Build and install hpm_kernels (and the reference trainer package hpm_pretrain from python/).
 
-Build knobs (environment variables):
-  HPM_KERNELS_BUILD_CUDA=auto|0|1  auto (default): build the CUDA extension from csrc/ whenever
-                                   the CUDA toolkit is found (nvcc / CUDA_HOME), with or without a
-                                   visible GPU; 0: never; 1: fail loudly if it cannot be built.
-  TORCH_CUDA_ARCH_LIST             GPU archs to compile for (default "8.0;9.0").
-  MAX_JOBS                         parallel compile jobs (read by torch's BuildExtension/ninja).
+Build knobs (environment variables; none is needed, the defaults are chosen for the machine):
+  HPM_KERNELS_BUILD_CUDA=auto|0|1  auto (default): build the CUDA extension from csrc/ whenever a
+                                   usable CUDA toolkit is found, with or without a visible GPU;
+                                   0: never; 1: fail loudly if it cannot be built.
+  CUDA_HOME                        the toolkit to use; by default found by hpm_kernels/build_config.py
+                                   (the nvcc on PATH followed to its real toolkit, CUDA_PATH,
+                                   /usr/local/cuda).
+  TORCH_CUDA_ARCH_LIST             GPU archs; default: the visible GPUs' own, else "8.0+PTX".
+  MAX_JOBS                         parallel compile jobs; default: one per usable core.
 Building an extension needs torch at build time: `pip install --no-build-isolation .`.
+What the build decided is written to hpm_kernels/_build.json (hpm_kernels.build_info()).
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import sys
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCH_LIST = "8.0;9.0"
 
 
 def _log(msg: str) -> None:
     print(f"hpm_kernels setup: {msg}", file=sys.stderr)
+
+
+def _load_build_config():
+    """hpm_kernels/build_config.py on its own: importing the package would need the extensions."""
+    spec = importlib.util.spec_from_file_location("_hpm_build_config", os.path.join(ROOT, "hpm_kernels", "build_config.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+build_config = _load_build_config()
 
 
 def _build_cuda_mode() -> str:
@@ -36,45 +52,58 @@ def _sources(*patterns: str) -> list[str]:
     return sorted(f for pattern in patterns for f in glob.glob(pattern))
 
 
-def _why_no_torch() -> str | None:
+def _torch():
+    """(torch, None), or (None, why torch cannot build extensions here)."""
     try:
-        import torch  # noqa: F401
-        from torch.utils import cpp_extension  # noqa: F401
+        import torch
     except ImportError:
-        return "torch is not importable at build time (install torch first, then pip install --no-build-isolation .)"
-    return None
+        return None, "torch is not importable at build time (install torch first, then pip install --no-build-isolation .)"
+    return torch, None
 
 
-def _why_no_cuda_build() -> str | None:
-    """Why the CUDA extension cannot be built here, or None. A missing GPU is not a reason."""
-    why = _why_no_torch()
+def _visible_capabilities(torch) -> list[tuple[int, int]]:
+    try:
+        return [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # a driver problem means no usable GPU for choosing archs, not a failed build
+        return []
+
+
+def plan_cuda(record: dict) -> str | None:
+    """Resolve the toolkit, archs and jobs for the CUDA extension into ``record`` and the
+    environment torch's build reads; return why it cannot be built, or None."""
+    mode = _build_cuda_mode()
+    record["mode"] = mode
+    if mode == "0":
+        return "HPM_KERNELS_BUILD_CUDA=0"
+    if not any(f.endswith(".cu") for f in _sources("csrc/cuda/*.cu")):
+        return "csrc/cuda has no sources"
+    torch, why = _torch()
     if why is not None:
         return why
-    import torch
-    from torch.utils import cpp_extension
-
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is a CPU-only build"
-    home = cpp_extension.CUDA_HOME
-    if home is None:
-        return "no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)"
-    # torch guesses CUDA_HOME from the nvcc on PATH; a wrapper script there gives a directory
-    # without the toolkit, and the link would fail late with "cannot find -lcudart".
-    runtime = [os.path.join(home, d, "libcudart.so") for d in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib"))]
-    if not any(os.path.exists(f) for f in runtime):
-        return (
-            f"CUDA_HOME={home} holds no CUDA runtime library (libcudart.so); set CUDA_HOME to the toolkit, e.g. /usr/local/cuda"
-        )
+    toolkit = build_config.find_cuda_toolkit(torch.version.cuda)
+    record.update(cuda_home=toolkit.home, cuda_home_how=toolkit.how, cuda_version=toolkit.version)
+    if toolkit.home is None:
+        return toolkit.reason
+    arch_list, arch_why = build_config.default_arch_list(os.environ, _visible_capabilities(torch))
+    record.update(arch_list=arch_list, arch_list_how=arch_why)
+    # torch.utils.cpp_extension reads these; CUDA_HOME also as its module global, which it set at import.
+    os.environ["CUDA_HOME"] = toolkit.home
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+    from torch.utils import cpp_extension
+
+    cpp_extension.CUDA_HOME = toolkit.home
     return None
 
 
-def cpu_extension() -> list:
+def cpu_extension(record: dict) -> list:
     """hpm_kernels._C: the hpm_C schemas and the C++ CPU kernels; needs only a C++ compiler."""
     sources = _sources("csrc/schema.cpp", "csrc/cpu/*.cpp")
-    if len(sources) < 2:
-        _log("csrc/cpu has no sources yet: no CPU extension to build")
-        return []
-    why = _why_no_torch()
+    _, why = _torch()
+    if why is None and len(sources) < 2:
+        why = "csrc/cpu has no sources"
+    record["built"], record["reason"] = why is None, why
     if why is not None:
         _log(f"skipping the C++ extensions: {why}")
         return []
@@ -91,30 +120,27 @@ def cpu_extension() -> list:
     ]
 
 
-def cuda_extension() -> list:
+def cuda_extension(record: dict, cpu_built: bool) -> list:
     """hpm_kernels._C_cuda: the CUDA kernels (registers into the hpm_C schemas of _C)."""
-    mode = _build_cuda_mode()
-    sources = _sources("csrc/cuda/*.cu", "csrc/cuda/*.cpp")
-    if mode == "0":
-        _log("HPM_KERNELS_BUILD_CUDA=0: skipping the CUDA extension")
-        return []
-    if not any(f.endswith(".cu") for f in sources):
-        _log("csrc/cuda has no sources yet: no CUDA extension to build")
-        return []
-    why = _why_no_cuda_build()
+    why = plan_cuda(record)
+    if why is None and not cpu_built:
+        why = "it needs the CPU extension (its hpm_C schemas), which is not built"
+    record["built"], record["reason"] = why is None, why
     if why is not None:
-        if mode == "1":
+        if record["mode"] == "1":
             sys.exit(f"hpm_kernels setup: HPM_KERNELS_BUILD_CUDA=1 but the CUDA extension cannot be built: {why}")
         _log(f"skipping the CUDA extension: {why}")
         return []
     from torch.utils.cpp_extension import CUDAExtension
 
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
-    _log(f"building the CUDA extension for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+    _log(
+        f"building the CUDA extension with the toolkit {record['cuda_home']} (CUDA {record['cuda_version']}; "
+        f"{record['cuda_home_how']}) for TORCH_CUDA_ARCH_LIST={record['arch_list']} ({record['arch_list_how']})"
+    )
     return [
         CUDAExtension(
             name="hpm_kernels._C_cuda",
-            sources=sources,
+            sources=_sources("csrc/cuda/*.cu", "csrc/cuda/*.cpp"),
             include_dirs=[os.path.join(ROOT, "csrc")],
             extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
         )
@@ -122,20 +148,34 @@ def cuda_extension() -> list:
 
 
 def extensions() -> tuple[list, dict]:
-    mode = _build_cuda_mode()
-    exts = cpu_extension()
-    cuda = cuda_extension()
-    if cuda and not exts:
-        if mode == "1":
-            sys.exit("hpm_kernels setup: the CUDA extension needs the CPU extension (its hpm_C schemas), which is not built")
-        _log("skipping the CUDA extension: it needs the CPU extension (its hpm_C schemas)")
-        cuda = []
-    exts += cuda
+    record: dict = {"cpu": {}, "cuda": {}}
+    exts = cpu_extension(record["cpu"])
+    exts += cuda_extension(record["cuda"], cpu_built=bool(exts))
     if not exts:
         return [], {}
+    import torch
     from torch.utils.cpp_extension import BuildExtension
 
-    return exts, {"build_ext": BuildExtension}
+    jobs, jobs_why = build_config.default_max_jobs(os.environ)
+    os.environ["MAX_JOBS"] = jobs
+    record.update(torch=torch.__version__, torch_cuda=torch.version.cuda, python=sys.version.split()[0])
+    record.update(max_jobs=int(jobs) if jobs.isdigit() else jobs, max_jobs_how=jobs_why)
+    _log(f"MAX_JOBS={jobs} ({jobs_why})")
+
+    class BuildAndRecord(BuildExtension):
+        """Builds the extensions, then writes what was decided to hpm_kernels/_build.json, in the
+        wheel and, for editable installs, in the source tree."""
+
+        def run(self) -> None:
+            super().run()
+            targets = [os.path.join(self.build_lib, "hpm_kernels")]
+            if self.inplace or getattr(self, "editable_mode", False):
+                targets.append(os.path.join(ROOT, "hpm_kernels"))
+            for target in targets:
+                os.makedirs(target, exist_ok=True)
+                build_config.write_record(record, path=build_config.Path(target) / build_config.RECORD_PATH.name)
+
+    return exts, {"build_ext": BuildAndRecord}
 
 
 ext_modules, cmdclass = extensions()

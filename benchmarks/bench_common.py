@@ -12,7 +12,7 @@ Environment knobs (all optional; every value used is written into the JSON's mac
                            comma list (default: ``all`` on CUDA; ``vitb16_224`` on CPU, where each
                            compile costs 5-20 s of the ~10-minute budget).
 ``HPM_BENCH_N_DIV``        CPU batch divisor for the op benchmarks (default 8; quick 64).
-``HPM_BENCH_THREADS``      torch threads on CPU (default 2, see /work/shared/BENCHMARKING.md).
+``HPM_BENCH_THREADS``      torch threads on CPU (default 2; benchmarks/README.md, How we measure).
 ``HPM_BENCH_TRAINER_ROUNDS`` / ``HPM_BENCH_TRAINER_WARMUP``   timed / warm-up steps per trainer variant.
 """
 

@@ -6,7 +6,7 @@ ViT-B/16 at 224 px by default: imgs (256, 3, 224, 224), p = 16, L = 196, mask ra
 ratio 0.5 (len_keep = 49, 147 masked, 73 of them hard), ranking loss over M = 147. Each op's
 variants run interleaved (A B C A B C ...) after a warm-up call, timed with time.perf_counter
 around whole calls (forward + backward where it says so), and the median is reported with the
-min-max; "cpu x" is that variant's median over the cpu backend's. See /work/shared/BENCHMARKING.md.
+min-max; "cpu x" is that variant's median over the cpu backend's. Method: benchmarks/README.md.
 Not run by the tests (tests/test_cpu_backend.py only smoke-tests it with --smoke).
 """
 

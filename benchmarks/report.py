@@ -436,7 +436,7 @@ def render(runs: list[Run], command: str, now: str | None = None) -> str:
         "",
         f"Generated {now} by `{command}` from {', '.join(f'`{r.path}`' for r in runs)}. "
         "Each section below gives the machine, versions, date and exact command of its run. "
-        "How to measure here: /work/shared/BENCHMARKING.md; how to rerun: benchmarks/README.md.",
+        "Method and how to rerun: benchmarks/README.md (How we measure, Run).",
         "",
     ]
     for run in runs:

@@ -8,7 +8,7 @@ See README.md for the table of ops and backends.
 
 from __future__ import annotations
 
-from . import compiled, reference, triton_kernels
+from . import build_config, compiled, reference, triton_kernels
 from .backends import (
     Backend,
     BackendInfo,
@@ -24,6 +24,14 @@ from .ops.ranking_loss import pairwise_ranking_loss
 from .ops.select_patches import Selection, mask_counts, select_patches
 
 __version__ = "0.1.0"
+
+
+def build_info() -> dict | None:
+    """What ``setup.py`` decided when it built this installation's C++/CUDA extensions: for
+    ``"cpu"`` and ``"cuda"``, ``built`` and the ``reason`` when not, plus the CUDA toolkit, the
+    architectures and the job count it used and why. None if the package was not built by setup.py."""
+    return build_config.read_record()
+
 
 register_backend(
     Backend(
@@ -48,6 +56,7 @@ __all__ = [
     "Selection",
     "available_backends",
     "backend",
+    "build_info",
     "gather_tokens",
     "mask_counts",
     "pairwise_ranking_loss",

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import build_config
 from .backends import Backend
 
 OPS = (
@@ -31,12 +32,20 @@ OPS = (
 REBUILD = "reinstall with `pip install --no-build-isolation .` (see the README's build knobs)"
 
 
+#: The build record's section for each extension (hpm_kernels/_build.json, written by setup.py).
+_RECORD_KEY = {"_C": "cpu", "_C_cuda": "cuda"}
+
+
 @functools.cache
 def load_error(module: str) -> str | None:
-    """Import ``hpm_kernels.<module>``; the reason it is unusable, or None."""
+    """Import ``hpm_kernels.<module>``; the reason it is unusable, or None. Where the build skipped
+    the extension, the reason is the one the build recorded."""
     try:
         importlib.import_module(f"hpm_kernels.{module}")
     except ImportError as e:
+        section = (build_config.read_record() or {}).get(_RECORD_KEY[module], {})
+        if section.get("built") is False:
+            return f"the extension hpm_kernels.{module} was not built: {section.get('reason')}; {REBUILD}"
         return f"the extension hpm_kernels.{module} is not available ({e}); {REBUILD}"
     return None
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import hpm_kernels as hk
-from hpm_kernels import backends, compiled
+from hpm_kernels import backends, build_config, compiled
 from tests.select_cases import RATIOS, SPECIAL_RATIOS, select_rows, special_rows
 
 ON_GPU = torch.cuda.is_available()
@@ -46,22 +46,33 @@ requires_cuda_backend = pytest.mark.skipif(_unavailable() is not None, reason=st
 
 
 def test_extension_is_built_where_a_cuda_toolkit_is_present():
-    """nvcc / CUDA_HOME and a CUDA build of torch: hpm_kernels._C_cuda must import (no GPU needed)
-    and register a CUDA kernel for all ten hpm_C ops."""
-    from torch.utils import cpp_extension
-
-    if cpp_extension.CUDA_HOME is None or torch.version.cuda is None:
-        pytest.skip(f"no CUDA toolkit (CUDA_HOME={cpp_extension.CUDA_HOME}) or a CPU-only torch ({torch.__version__})")
+    """Where the build found a usable CUDA toolkit and a CUDA build of torch, hpm_kernels._C_cuda
+    must import (no GPU needed) and register a CUDA kernel for all ten hpm_C ops. Where it found
+    none, skip with the reason the build recorded (hpm_kernels/_build.json), after checking that
+    the record is not stale: a toolkit that today's search finds must have been built with."""
+    record = hk.build_info()
+    assert record is not None, (
+        "no build record (hpm_kernels/_build.json): install with `make install` or `pip install --no-build-isolation .`"
+    )
+    assert record["torch"] == torch.__version__, f"built against torch {record['torch']}, running {torch.__version__}: reinstall"
+    cuda = record["cuda"]
+    if not cuda["built"]:
+        if cuda.get("mode") == "auto" and torch.version.cuda is not None:
+            now = build_config.find_cuda_toolkit(torch.version.cuda)
+            assert now.home is None, (
+                f"the build recorded {cuda['reason']!r}, but a usable toolkit is at {now.home} now: reinstall"
+            )
+        pytest.skip(f"the build skipped the CUDA extension: {cuda['reason']}")
     for module in ["_C", "_C_cuda"]:
         try:
             importlib.import_module(f"hpm_kernels.{module}")
         except ImportError as e:
-            pytest.fail(f"CUDA toolkit at {cpp_extension.CUDA_HOME} but hpm_kernels.{module} does not import: {e}")
+            pytest.fail(f"the build used the CUDA toolkit at {cuda['cuda_home']} but hpm_kernels.{module} does not import: {e}")
     missing = [op for op in compiled.OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(f"hpm_C::{op}", "CUDA")]
     assert not missing, f"hpm_C ops without a CUDA kernel: {missing}"
     assert set(compiled.registered_kernels("CUDA")) == set(compiled.OPS)
-    cuda = backends._REGISTRY["cuda"]
-    assert set(cuda.kernels) == set(compiled.OPS) and cuda.row_limit("select_patches") == compiled.CUDA_MAX_SELECT_ROW
+    backend = backends._REGISTRY["cuda"]
+    assert set(backend.kernels) == set(compiled.OPS) and backend.row_limit("select_patches") == compiled.CUDA_MAX_SELECT_ROW
 
 
 # --- helpers -----------------------------------------------------------------------------------
