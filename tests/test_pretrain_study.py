@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from hpm_pretrain import study
-from tests.test_pretrain_data import _fake_fmnist
+from tests.test_pretrain_data import HAS_ELPV, _fake_fmnist
 
 
 def test_auroc_is_the_mann_whitney_statistic_with_ties():
@@ -62,6 +62,7 @@ def test_equal_time_runs_scale_epochs_by_the_measured_times():
     assert runs[0].cfg.method == "mae" and runs[0].cfg.epochs == 2 * study.FMNIST.epochs
 
 
+@pytest.mark.skipif(not HAS_ELPV, reason="the ELPV data: pip install elpv-dataset")
 def test_elpv_hardness_check_and_example_png(tmp_path):
     cfg = _tiny(study.ELPV, img_size=32, limit=64, method="hpm")
     work = tmp_path / "work"

@@ -7,6 +7,7 @@ where bfloat16 does not exist; with a GPU they run on CUDA tensors in all three 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -28,11 +29,57 @@ TOL = {
     torch.bfloat16: (1e-2, 1e-2),
 }
 
-requires_triton = pytest.mark.skipif(
-    not any(b.name == "triton" and b.available for b in hk.available_backends()),
-    reason="Triton backend unavailable: "
-    + next((str(b.reason) for b in hk.available_backends() if b.name == "triton"), "not registered"),
-)
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only torch without Triton: the backend says it is unavailable
+    triton = None
+else:
+
+    @triton.jit
+    def _count_blocks(n, BLOCK: tl.constexpr):
+        count = 0
+        for _ in range(0, n, BLOCK):
+            count += 1
+        return count
+
+    @triton.jit
+    def _probe_device_function_loop(out_ptr, n, BLOCK: tl.constexpr):
+        tl.store(out_ptr, _count_blocks(n, BLOCK))
+
+
+def _interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run these kernels here, or None. Before Triton 3.8 the
+    interpreter turns a scalar argument of a device function into an int with ``int(array)``,
+    which NumPy >= 2.5 refuses for a 1-element array; a ``range(0, n, BLOCK)`` in a device function
+    then raises TypeError. Probed by running such a function, not guessed from version numbers."""
+    if ON_GPU or triton is None or os.environ.get("TRITON_INTERPRET") != "1":
+        return None
+    import numpy
+
+    out = torch.zeros(1, dtype=torch.int32)
+    try:
+        _probe_device_function_loop[(1,)](out, 5, BLOCK=2)
+    except Exception as e:
+        return (
+            f"Triton {triton.__version__}'s interpreter fails with NumPy {numpy.__version__} on a loop over a device "
+            f"function's scalar argument ({type(e).__name__}: {e}); run the interpreter tests with NumPy < 2.5 or Triton >= 3.8"
+        )
+    return None if out.item() == 3 else f"Triton's interpreter probe computed {out.item()} blocks of 2 in 5, not 3"
+
+
+def _triton_unusable() -> str | None:
+    info = next((b for b in hk.available_backends() if b.name == "triton"), None)
+    if info is None:
+        return "Triton backend unavailable: not registered"
+    if not info.available:
+        return f"Triton backend unavailable: {info.reason}"
+    return _interpreter_problem()
+
+
+TRITON_UNUSABLE = _triton_unusable()
+requires_triton = pytest.mark.skipif(TRITON_UNUSABLE is not None, reason=str(TRITON_UNUSABLE))
 
 
 def _poison_value(fill: str):

@@ -66,12 +66,27 @@ class Row:
     triton: str | None  # None: whatever this torch pins
     why: str
     gpu_check_dry_run: bool = False
+    pins: tuple[str, ...] = ()
+
+
+# Triton < 3.8's interpreter calls int() on 1-element arrays, which NumPy >= 2.5 refuses
+# (tests/triton_utils.py probes it and skips the interpreter tests, saying so): pin NumPy so that
+# those rows run them. A GPU runs compiled kernels and is unaffected.
+OLD_TRITON_PINS = ("numpy<2.5",)
 
 
 ROWS = {
     row.name: row
     for row in [
-        Row("floor", "3.10", "2.6.0", "0.21.0", None, "the oldest supported torch, on the oldest supported Python"),
+        Row(
+            "floor",
+            "3.10",
+            "2.6.0",
+            "0.21.0",
+            None,
+            "the oldest supported torch, on the oldest supported Python",
+            pins=OLD_TRITON_PINS,
+        ),
         Row(
             "gpu-machine",
             "3.12",
@@ -80,6 +95,7 @@ ROWS = {
             "3.6.0",
             "the versions of this project's GPU machine (torch 2.11, Python 3.12, Triton 3.6)",
             gpu_check_dry_run=True,
+            pins=OLD_TRITON_PINS,
         ),
     ]
 }
@@ -118,7 +134,9 @@ def run_logged(cmd: list[str], log: Path, cwd: Path, timeout: int, env: dict[str
     return rc, seconds, tail
 
 
-_SUMMARY = re.compile(r"=+ (.*?(?:passed|failed|skipped|error|deselected).*?) in [\d.]+s")
+_SUMMARY = re.compile(
+    r"^=*\s*(\d+ (?:passed|failed|skipped|errors?|deselected|xfailed|xpassed)(?:, \d+ \w+)*) in [\d.]+s", re.MULTILINE
+)
 
 
 def pytest_summary(log: Path) -> str:
@@ -158,7 +176,13 @@ def run_row(row: Row, args: argparse.Namespace) -> dict:
     result: dict = {
         "row": row.name,
         "why": row.why,
-        "asked": {"python": row.python, "torch": row.torch, "torchvision": row.torchvision, "triton": row.triton},
+        "asked": {
+            "python": row.python,
+            "torch": row.torch,
+            "torchvision": row.torchvision,
+            "triton": row.triton,
+            "pins": list(row.pins),
+        },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU" if not args.gpu_note else args.gpu_note,
         "command": "make compat" + (f" COMPAT_ARGS='--rows {row.name}'" if args.rows else ""),
@@ -177,17 +201,23 @@ def run_row(row: Row, args: argparse.Namespace) -> dict:
     print(f"== {row.name}: Python {row.python}, torch {row.torch}, Triton {row.triton or '(torch pin)'}", flush=True)
     if not py.exists():
         subprocess.run([find_python(row.python), "-m", "venv", str(venv)], check=True)
-    pins = [f"torch=={row.torch}", f"torchvision=={row.torchvision}"] + ([f"triton=={row.triton}"] if row.triton else [])
+    pins = [f"torch=={row.torch}", f"torchvision=={row.torchvision}", *row.pins] + (
+        [f"triton=={row.triton}"] if row.triton else []
+    )
     log = logs / "install.log"
     rc, s, tail = run_logged([str(py), "-m", "pip", "install", *BUILD_DEPS, *pins, *TEST_DEPS], log, ROOT, 3600)
     if not record("install", rc, s, log, tail):
         return result
     versions = subprocess.run(
-        [str(py), "-c", "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, triton.__version__)"],
+        [
+            str(py),
+            "-c",
+            "import sys, numpy, torch, triton; print(sys.version.split()[0], torch.__version__, triton.__version__, numpy.__version__)",
+        ],
         capture_output=True,
         text=True,
     ).stdout.split()
-    result["versions"] = dict(zip(["python", "torch", "triton"], versions))
+    result["versions"] = dict(zip(["python", "torch", "triton", "numpy"], versions))
 
     copy_tree(src)
     log = logs / "build.log"
@@ -251,15 +281,15 @@ def _build_cell(result: dict, part: str) -> str:
 
 def render_matrix(results: list[dict]) -> str:
     lines = [
-        "| row | Python | torch | Triton | C++ ext | CUDA ext | build | Triton interpreter tests | sm_90 compile check | other tests | gpu_check dry run | date |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | Python | torch | Triton | NumPy | C++ ext | CUDA ext | build | Triton interpreter tests | sm_90 compile check | other tests | gpu_check dry run | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         v = r.get("versions") or r["asked"]
         build_time = f"{r['steps']['build']['seconds']:.0f} s" if "build" in r["steps"] else "not run"
         dry = _cell(r, DRY_RUN) if DRY_RUN in r["steps"] else "n/a"
         lines.append(
-            f"| {r['row']} | {v.get('python')} | {v.get('torch')} | {v.get('triton') or '(torch pin)'} | {_build_cell(r, 'cpu')} "
+            f"| {r['row']} | {v.get('python')} | {v.get('torch')} | {v.get('triton') or '(torch pin)'} | {v.get('numpy', '?')} | {_build_cell(r, 'cpu')} "
             f"| {_build_cell(r, 'cuda')} | {build_time} | {_cell(r, INTERPRETER_TESTS)} | {_cell(r, COMPILE_CHECK)} "
             f"| {_cell(r, OTHER_TESTS)} | {dry} | {r['date'][:10]} |"
         )
