@@ -19,6 +19,7 @@ $(STAMP): $(PY) setup.py pyproject.toml requirements/torch.txt $(CSRC)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install -r requirements/torch.txt
 	$(PY) -m pip install --no-build-isolation -e '.[test]'
+	@$(PY) -c "from hpm_kernels.build_config import summary; print(summary())"
 	touch $@
 
 install: $(STAMP)

@@ -230,3 +230,25 @@ def read_record(path: Path = RECORD_PATH) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def summary(record: Mapping | None = None) -> str:
+    """One line per extension saying what the build did, for people (``make install`` prints it)."""
+    record = read_record() if record is None else record
+    if record is None:
+        return "hpm_kernels build: no record (not built by setup.py with torch present)"
+    lines = []
+    for part, module in (("cpu", "_C"), ("cuda", "_C_cuda")):
+        section = record.get(part) or {}
+        if section.get("built"):
+            detail = ""
+            if part == "cuda":
+                detail = (
+                    f" (CUDA {section.get('cuda_version')} at {section.get('cuda_home')}, "
+                    f"TORCH_CUDA_ARCH_LIST={section.get('arch_list')}: {section.get('arch_list_how')})"
+                )
+            lines.append(f"hpm_kernels build: hpm_kernels.{module} built{detail}")
+        else:
+            lines.append(f"hpm_kernels build: hpm_kernels.{module} not built: {section.get('reason')}")
+    return "\n".join(lines)
+

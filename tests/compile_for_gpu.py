@@ -42,11 +42,11 @@ def _compile(self: JITFunction, *args, grid, warmup, **kwargs):
     for i, name in enumerate(self.arg_names):
         v = values[name]
         if self.params[i].is_constexpr:
-            signature[name], constexprs[(i,)] = "constexpr", v
+            signature[name], constexprs[name] = "constexpr", v
         elif isinstance(v, torch.Tensor):
             signature[name] = PTR[v.dtype]
         elif isinstance(v, bool) or (isinstance(v, int) and v == 1):
-            signature[name], constexprs[(i,)] = "constexpr", v  # Triton specialises 1 (and bools)
+            signature[name], constexprs[name] = "constexpr", v  # Triton specialises 1 (and bools)
         elif isinstance(v, int):
             signature[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
         elif isinstance(v, float):
@@ -59,8 +59,7 @@ def _compile(self: JITFunction, *args, grid, warmup, **kwargs):
         return None
     triton.compile(ASTSource(self, signature, constexprs), target=TARGET, options=options)
     seen.add(key)
-    consts = {self.arg_names[k[0]]: v for k, v in constexprs.items()}
-    print(f"ok {self.__name__} {options} {consts}", flush=True)
+    print(f"ok {self.__name__} {options} {constexprs}", flush=True)
     return None
 
 

@@ -166,3 +166,27 @@ def test_setup_finds_the_toolkit_behind_a_wrapper_with_no_variable_set(tmp_path)
     assert "MAX_JOBS=" in run.stderr
     if not torch.cuda.is_available():
         assert "TORCH_CUDA_ARCH_LIST=8.0+PTX (no GPU visible" in run.stderr
+
+
+def test_summary_says_what_was_built_and_why_not(tmp_path):
+    record = {
+        "cpu": {"built": True, "reason": None},
+        "cuda": {"built": False, "mode": "auto", "reason": "torch 2.6.0+cpu is a CPU-only build"},
+    }
+    build_config.write_record(record, path=tmp_path / "_build.json")
+    assert build_config.read_record(tmp_path / "_build.json") == record
+    assert build_config.summary(record).splitlines() == [
+        "hpm_kernels build: hpm_kernels._C built",
+        "hpm_kernels build: hpm_kernels._C_cuda not built: torch 2.6.0+cpu is a CPU-only build",
+    ]
+    assert build_config.read_record(tmp_path / "missing.json") is None
+
+
+def test_the_installed_record_matches_this_torch():
+    """What `make install` / pip wrote for this installation (hk.build_info())."""
+    import hpm_kernels as hk
+
+    record = hk.build_info()
+    assert record is not None, "no hpm_kernels/_build.json: install with `make install` or `pip install --no-build-isolation .`"
+    assert record["torch"] == torch.__version__ and record["cpu"]["built"] is True
+    assert record["cuda"]["built"] or record["cuda"]["reason"]

@@ -52,7 +52,7 @@ else:
 def _interpreter_problem() -> str | None:
     """Why Triton's interpreter cannot run these kernels here, or None. Before Triton 3.8 the
     interpreter turns a scalar argument of a device function into an int with ``int(array)``,
-    which NumPy >= 2.5 refuses for a 1-element array; a ``range(0, n, BLOCK)`` in a device function
+    which NumPy >= 2.4 refuses for a 1-element array; a ``range(0, n, BLOCK)`` in a device function
     then raises TypeError. Probed by running such a function, not guessed from version numbers."""
     if ON_GPU or triton is None or os.environ.get("TRITON_INTERPRET") != "1":
         return None
@@ -64,7 +64,7 @@ def _interpreter_problem() -> str | None:
     except Exception as e:
         return (
             f"Triton {triton.__version__}'s interpreter fails with NumPy {numpy.__version__} on a loop over a device "
-            f"function's scalar argument ({type(e).__name__}: {e}); run the interpreter tests with NumPy < 2.5 or Triton >= 3.8"
+            f"function's scalar argument ({type(e).__name__}: {e}); run the interpreter tests with NumPy < 2.4 or Triton >= 3.8"
         )
     return None if out.item() == 3 else f"Triton's interpreter probe computed {out.item()} blocks of 2 in 5, not 3"
 

@@ -69,10 +69,10 @@ class Row:
     pins: tuple[str, ...] = ()
 
 
-# Triton < 3.8's interpreter calls int() on 1-element arrays, which NumPy >= 2.5 refuses
+# Triton < 3.8's interpreter calls int() on 1-element arrays, which NumPy >= 2.4 refuses
 # (tests/triton_utils.py probes it and skips the interpreter tests, saying so): pin NumPy so that
 # those rows run them. A GPU runs compiled kernels and is unaffected.
-OLD_TRITON_PINS = ("numpy<2.5",)
+OLD_TRITON_PINS = ("numpy<2.4",)
 
 
 ROWS = {
