@@ -251,4 +251,3 @@ def summary(record: Mapping | None = None) -> str:
         else:
             lines.append(f"hpm_kernels build: hpm_kernels.{module} not built: {section.get('reason')}")
     return "\n".join(lines)
-
