@@ -69,7 +69,7 @@ def _visible_capabilities(torch) -> list[tuple[int, int]]:
 
 
 def plan_cuda(record: dict) -> str | None:
-    """Resolve the toolkit, archs and jobs for the CUDA extension into ``record`` and the
+    """Resolve the toolkit and archs for the CUDA extension into ``record`` and the
     environment torch's build reads; return why it cannot be built, or None."""
     mode = _build_cuda_mode()
     record["mode"] = mode
