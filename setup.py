@@ -19,6 +19,7 @@ import glob
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
@@ -173,7 +174,7 @@ def extensions() -> tuple[list, dict]:
                 targets.append(os.path.join(ROOT, "hpm_kernels"))
             for target in targets:
                 os.makedirs(target, exist_ok=True)
-                build_config.write_record(record, path=build_config.Path(target) / build_config.RECORD_PATH.name)
+                build_config.write_record(record, path=Path(target) / build_config.RECORD_NAME)
 
     return exts, {"build_ext": BuildAndRecord}
 

@@ -31,7 +31,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RECORD_PATH = Path(__file__).resolve().parent / "_build.json"
+RECORD_NAME = "_build.json"
+RECORD_PATH = Path(__file__).resolve().parent / RECORD_NAME
+#: The record's section for each extension module of hpm_kernels.
+EXTENSIONS = {"cpu": "_C", "cuda": "_C_cuda"}
 #: The arch list for a build that sees no GPU: one SASS arch plus PTX for every newer GPU.
 NO_GPU_ARCH_LIST = "8.0+PTX"
 CONVENTIONAL_HOME = "/usr/local/cuda"
@@ -238,7 +241,7 @@ def summary(record: Mapping | None = None) -> str:
     if record is None:
         return "hpm_kernels build: no record (not built by setup.py with torch present)"
     lines = []
-    for part, module in (("cpu", "_C"), ("cuda", "_C_cuda")):
+    for part, module in EXTENSIONS.items():
         section = record.get(part) or {}
         if section.get("built"):
             detail = ""

@@ -32,10 +32,6 @@ OPS = (
 REBUILD = "reinstall with `pip install --no-build-isolation .` (see the README's build knobs)"
 
 
-#: The build record's section for each extension (hpm_kernels/_build.json, written by setup.py).
-_RECORD_KEY = {"_C": "cpu", "_C_cuda": "cuda"}
-
-
 @functools.cache
 def load_error(module: str) -> str | None:
     """Import ``hpm_kernels.<module>``; the reason it is unusable, or None. Where the build skipped
@@ -43,7 +39,8 @@ def load_error(module: str) -> str | None:
     try:
         importlib.import_module(f"hpm_kernels.{module}")
     except ImportError as e:
-        section = (build_config.read_record() or {}).get(_RECORD_KEY[module], {})
+        part = next(part for part, name in build_config.EXTENSIONS.items() if name == module)
+        section = (build_config.read_record() or {}).get(part, {})
         if section.get("built") is False:
             return f"the extension hpm_kernels.{module} was not built: {section.get('reason')}; {REBUILD}"
         return f"the extension hpm_kernels.{module} is not available ({e}); {REBUILD}"

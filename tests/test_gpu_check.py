@@ -51,14 +51,7 @@ def test_dry_run_runs_every_step_within_the_budget(tmp_path):
 
 
 def test_budgets_over_the_total_are_refused(tmp_path):
-    run = subprocess.run(
-        ["bash", str(SCRIPT), "--dry-run"],
-        cwd=ROOT,
-        env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "BUDGET_S": "100"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = dry_run(tmp_path, BUDGET_S="100")
     assert run.returncode == 2
     assert "more than BUDGET_S=100" in run.stderr
 
