@@ -55,6 +55,16 @@ bench: $(STAMP)
 		--benchmark-json=$(BENCH_JSON) --benchmark-columns=median,iqr,rounds,iterations $(BENCH_ARGS)
 	$(PY) benchmarks/report.py $(BENCH_JSON) --out $(BENCH_OUT)
 
+# Time to accuracy (never part of `make test`): kNN vs training wall time per setting at the
+# protocol of benchmarks/time_to_accuracy.py (~15 minutes a setting on 2 cores, evaluation
+# included; resumes), then the step-time ratios to the official structure, then both reports.
+.PHONY: bench-tta
+bench-tta: $(STAMP)
+	$(PY) benchmarks/time_to_accuracy.py
+	$(PY) benchmarks/trainer_step.py
+	$(PY) benchmarks/time_to_accuracy.py --report
+	$(PY) benchmarks/trainer_step.py --report
+
 # Supported versions (never part of `make test`: ~15 minutes a row on 2 cores, downloads included).
 # Builds and tests a copy of the tree in .compat/<row>/ against the oldest supported torch and the
 # GPU machine's versions (tests/compat/compat.py), records each row in tests/compat/results/ and

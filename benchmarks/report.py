@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -448,6 +449,21 @@ def render(runs: list[Run], command: str, now: str | None = None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+SECTION = re.compile(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", re.S)
+
+
+def write_section(path: Path, name: str, lines: list[str]) -> str:
+    """Put ``lines`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``path`` (replacing
+    that section, or appended). Such sections come from other scripts (time_to_accuracy.py,
+    trainer_step.py); :func:`main` keeps them when it regenerates the rest of the file."""
+    block = "\n".join([f"<!-- {name}:begin -->", *lines, f"<!-- {name}:end -->"])
+    text = path.read_text() if path.exists() else ""
+    old = next((m for m in SECTION.finditer(text) if m.group(1) == name), None)
+    text = text[: old.start()] + block + text[old.end() :] if old else text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+    return block
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="+", type=Path, help="pytest-benchmark JSON files (--benchmark-json)")
@@ -456,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = [Run(p, json.loads(p.read_text())) for p in args.json]
     command = "python benchmarks/report.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(runs, command)
+    if args.out and args.out.exists():  # keep the sections other scripts write
+        kept = [m.group(0) for m in SECTION.finditer(args.out.read_text())]
+        text = text + "".join("\n" + k + "\n" for k in kept)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -1,85 +1,188 @@
-"""Median time of one training step of the reference trainer, variants interleaved (A B C A B C ...).
+"""Median time of one training step per variant, variants interleaved (A B C A B C ...), and the
+same-run ratio of each to the official-structure HPM step.
 
-    python benchmarks/trainer_step.py [--preset tiny] [--img 32] [--patch 4] [--batch 64] [--repeats 20]
+    python benchmarks/trainer_step.py                        # both shapes, every variant
+    python benchmarks/trainer_step.py --shapes tta_32_b256 --variants official/hpm,hpm --repeats 10
+    python benchmarks/trainer_step.py --report               # the table into RESULTS.md
 
-Variants: HPM with --ops fused, HPM with --ops reference, MAE with --ops fused. A step is teacher
-scores (HPM) + selection + student forward + losses + backward + AdamW + EMA, on random images
-(the data loader is not timed). CPU: torch.set_num_threads(2). Prints images/s per variant and the
-HPM/MAE and fused/reference ratios, with the machine, versions, date and this command.
+Shapes: ``tiny_224_b16`` (ViT-Tiny, 224 px, patch 16, RGB, batch 16) and ``tta_32_b256`` (the
+time-to-accuracy protocol's model: 192 wide / 6 blocks encoder, 128 wide / 2 blocks decoders,
+32 px grey, patch 4, batch 256). Variants: ``official/hpm`` (benchmarks/official_step.py: the
+teacher runs both decoders, per-sample selection loop, eager losses) and the trainer's
+``forward_step`` + backward + AdamW + EMA as ``hpm_pretrain.train.pretrain`` runs it: ``hpm``
+(the official recipe), ``lossonly-d0`` (loss-only, predictor depth 0), ``mae``, each also
+``+compile`` (``--compile``: the student and the teacher's hardness pass under torch.compile; the
+first step, which compiles, is reported apart and not in the median). Hard ratio 0.5 (the end of
+HPM's ramp: the teacher runs), norm-pix on, fp32, random images (the data path is not timed).
+CPU: ``torch.set_num_threads`` = the usable cores. Results: JSON under benchmarks/results/
+(``--json``), ``--report`` renders every such JSON into RESULTS.md between the step-ratio markers.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
+import json
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
+from official_step import OfficialOps, official_step
+from report import write_section
 
 from hpm_pretrain.machine import cpu_model
 from hpm_pretrain.model import HPMViT, model_config, param_groups
-from hpm_pretrain.train import PretrainConfig, ema_update, forward_step
+from hpm_pretrain.train import PretrainConfig, compile_models, ema_update, forward_step
+
+HERE = Path(__file__).resolve().parent
+HARD_RATIO = 0.5
 
 
-def make_variant(method: str, ops: str, args, device):
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    img: int
+    patch: int
+    in_chans: int
+    batch: int
+    arch: dict
+
+
+SHAPES = {
+    "tiny_224_b16": Shape(224, 16, 3, 16, {}),
+    "tta_32_b256": Shape(32, 4, 1, 256, dict(depth=6, decoder_depth=2)),
+}
+VARIANTS = ("official/hpm", "hpm", "hpm+compile", "lossonly-d0", "lossonly-d0+compile", "mae", "mae+compile")
+
+
+def make_step(variant: str, shape: Shape, device: torch.device):
+    """A closure running one optimizer step of ``variant``; returns the loss read on the host."""
+    name, _, compiled = variant.partition("+")
+    official = name == "official/hpm"
+    method = "hpm" if official else name.split("-")[0]
+    depth = 0 if name.endswith("-d0") else None
     torch.manual_seed(0)
-    mcfg = model_config(args.preset, img_size=(args.img, args.img), patch_size=args.patch, in_chans=3, predictor=method != "mae")
-    student = HPMViT(mcfg, ops).to(device)
+    mcfg = model_config(
+        "tiny",
+        img_size=(shape.img, shape.img),
+        patch_size=shape.patch,
+        in_chans=shape.in_chans,
+        predictor=method != "mae",
+        predictor_depth=depth,
+        **shape.arch,
+    )
+    student = HPMViT(mcfg, OfficialOps(np.random.default_rng(0)) if official else "fused").to(device)
     teacher = copy.deepcopy(student).requires_grad_(False) if method == "hpm" else None
+    if compiled:
+        compile_models(student, teacher)
     opt = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-4, betas=(0.9, 0.95))
-    cfg = PretrainConfig(method=method, ops=ops)
+    pcfg = PretrainConfig(method=method, norm_pix=True)
+    hard = HARD_RATIO if method == "hpm" else 0.0
     gen = torch.Generator(device=device).manual_seed(0)
-    imgs = torch.randn(args.batch, 3, args.img, args.img, generator=gen, device=device)
+    imgs = torch.randn(shape.batch, shape.in_chans, shape.img, shape.img, generator=gen, device=device)
 
-    def step():
-        noise = torch.rand(args.batch, mcfg.num_patches, generator=gen, device=device)
-        out = forward_step(student, teacher, imgs, noise, cfg, 0.5 if method == "hpm" else 0.0)
+    def step() -> float:
+        if official:
+            return official_step(student, teacher, opt, imgs, pcfg.mask_ratio, hard, pcfg.norm_pix, 0.999)
+        noise = torch.rand(shape.batch, mcfg.num_patches, generator=gen, device=device)
+        out = forward_step(student, teacher, imgs, noise, pcfg, hard)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if teacher is not None:
             ema_update(teacher, student, 0.999)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        return float(out.loss.detach())
 
     return step
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--img", type=int, default=32)
-    ap.add_argument("--patch", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    args = ap.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        torch.set_num_threads(2)
-    variants = {name: make_variant(*name.split("/"), args, device) for name in ("hpm/fused", "hpm/reference", "mae/fused")}
-    times = {name: [] for name in variants}
-    for i in range(args.warmup + args.repeats):
-        for name, step in variants.items():
+def measure(shape_name: str, variants: list[str], repeats: int, warmup: int, device: torch.device) -> dict:
+    shape = SHAPES[shape_name]
+    steps, first = {}, {}
+    for v in variants:
+        steps[v] = make_step(v, shape, device)
+        t0 = time.perf_counter()
+        steps[v]()
+        first[v] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for i in range(warmup + repeats):
+        for v, step in steps.items():
             t0 = time.perf_counter()
             step()
-            if i >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
-    print(f"date={datetime.date.today()} machine={where} torch={torch.__version__} command={' '.join(sys.argv)}")
-    print(
-        f"{args.preset} {args.img}px p={args.patch} batch={args.batch}, median of {args.repeats} steps after {args.warmup} warm-up"
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[v].append(time.perf_counter() - t0)
+    return dict(
+        shape=shape_name,
+        shape_info=dataclasses.asdict(shape),
+        median_s={v: statistics.median(t) for v, t in times.items()},
+        min_s={v: min(t) for v, t in times.items()},
+        max_s={v: max(t) for v, t in times.items()},
+        first_step_s=first,
+        repeats=repeats,
+        warmup=warmup,
+        machine=torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads",
+        torch=torch.__version__,
+        date=str(datetime.date.today()),
+        command=" ".join(["python benchmarks/trainer_step.py", *sys.argv[1:]]),
     )
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for name, t in med.items():
-        print(
-            f"  {name:14s} {t * 1e3:8.1f} ms/step  {args.batch / t:8.1f} images/s  (min {min(times[name]) * 1e3:.1f}, max {max(times[name]) * 1e3:.1f})"
-        )
-    print(f"  HPM/MAE step-time ratio (fused): {med['hpm/fused'] / med['mae/fused']:.2f}")
-    print(f"  reference/fused step-time ratio (HPM): {med['hpm/reference'] / med['hpm/fused']:.2f}")
+
+
+def report_lines(runs: list[dict]) -> list[str]:
+    lines = [
+        "Median seconds per optimizer step, variants interleaved in one process; `vs official` = official-structure "
+        "step time / this variant's (> 1: faster); `first step` includes torch.compile's compilation.",
+        "",
+    ]
+    for r in runs:
+        base = r["median_s"].get("official/hpm")
+        lines += [
+            f"**{r['shape']}** ({r['shape_info']}) — {r['machine']}, torch {r['torch']}, {r['date']}, "
+            f"median of {r['repeats']} after {r['warmup']} warm-up; `{r['command']}`",
+            "",
+            "| variant | s/step | min-max | vs official | first step (s) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for v, t in r["median_s"].items():
+            ratio = f"{base / t:.2f}x" if base else "-"
+            lines.append(f"| {v} | {t:.3f} | {r['min_s'][v]:.3f}-{r['max_s'][v]:.3f} | {ratio} | {r['first_step_s'][v]:.1f} |")
+        lines.append("")
+    return lines
+
+
+def write_report(paths: list[Path], results_md: Path) -> None:
+    runs = [json.loads(p.read_text()) for p in paths]
+    lines = ["## Training step vs the official structure, --compile on and off", "", *report_lines(runs)]
+    print(write_section(results_md, "step-ratio", lines))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/step-<device>-<shape>.json")
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md")
+    args = ap.parse_args(argv)
+    if args.report:
+        write_report(sorted((HERE / "results").glob("step-*.json")), args.results_md)
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    for shape in args.shapes.split(","):
+        r = measure(shape, args.variants.split(","), args.repeats, args.warmup, device)
+        print("\n".join(report_lines([r])), flush=True)
+        path = args.json or HERE / "results" / f"step-{device.type}-{shape}.json"
+        path.write_text(json.dumps(r, indent=1))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ TORCH_LIBRARY(hpm_C, m) {
   m.def("gather_tokens_backward(Tensor grad, Tensor ids, int L, int x_batch) -> Tensor");
   m.def("pairwise_ranking_loss(Tensor pred, Tensor target, float eps) -> Tensor");
   m.def("pairwise_ranking_loss_backward(Tensor grad, Tensor pred, Tensor target, float eps) -> Tensor");
+  m.def(
+      "resized_crop(Tensor images, Tensor index, Tensor boxes, Tensor flip, int out_h, int out_w, float[] mean, "
+      "float[] std, bool bicubic) -> Tensor");
   // Debug hook for tests: 0 off; 1 / 2 fill every output the CPU kernels allocate before they write
   // it (floats NaN; int64 INT64_MAX / INT64_MIN; bools true / false), so unwritten elements show.
   m.def("_set_poison(int mode) -> ()");

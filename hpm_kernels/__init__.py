@@ -3,6 +3,8 @@
 Every op is a ``torch.library`` custom op (``torch.ops.hpm.*``) with autograd and a fake kernel,
 so it works under ``torch.compile(fullgraph=True)``. Shapes: images (N, C, H, W); patch size p;
 L = (H/p)*(W/p) patches of P = p*p*C values in MAE order; index tensors (N, K) int64.
+``resized_crop`` / ``random_resized_crop`` (with ``random_resized_crop_params``) do MAE's data
+augmentation (random resized crop, flip, normalisation) for a whole batch (not differentiable).
 See README.md for the table of ops and backends.
 """
 
@@ -17,10 +19,12 @@ from .backends import (
     backend,
     register_backend,
 )
+from .crop_params import random_resized_crop_params
 from .ops.gather_tokens import gather_tokens
 from .ops.patch_mse_loss import patch_mse_loss
 from .ops.patchify import patchify, unpatchify
 from .ops.ranking_loss import pairwise_ranking_loss
+from .ops.resized_crop import random_resized_crop, resized_crop
 from .ops.select_patches import Selection, mask_counts, select_patches
 
 __version__ = "0.1.0"
@@ -62,7 +66,10 @@ __all__ = [
     "pairwise_ranking_loss",
     "patch_mse_loss",
     "patchify",
+    "random_resized_crop",
+    "random_resized_crop_params",
     "register_backend",
+    "resized_crop",
     "select_patches",
     "unpatchify",
 ]

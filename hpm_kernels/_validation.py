@@ -109,3 +109,20 @@ def check_index_range(name: str, ids: torch.Tensor, size: int) -> None:
     if bool(bad.any()):
         value = int(ids[bad][0])
         raise IndexError(f"`{name}` must hold indices in [0, {size}), found {value}")
+
+
+def check_box_range(name: str, boxes: torch.Tensor, H: int, W: int) -> None:
+    """Raise ``ValueError`` unless every row (top, left, height, width) of ``boxes`` (N, 4) is a
+    non-empty box inside an H x W image. Reads the boxes (one device-to-host sync on CUDA), so it
+    runs inside the op at run time, like :func:`check_index_range`, and is skipped with it."""
+    if not CHECK_INDICES or boxes.numel() == 0:
+        return
+    top, left, h, w = boxes.unbind(1)
+    bad = (h < 1) | (w < 1) | (top < 0) | (left < 0) | (top > H - h) | (left > W - w)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"`{name}` rows (top, left, height, width) must be boxes inside the {H} x {W} image "
+            f"(height, width >= 1, top, left >= 0, top + height <= {H}, left + width <= {W}), "
+            f"row {row} is {tuple(boxes[row].tolist())}"
+        )

@@ -65,7 +65,14 @@ def _compile(self: JITFunction, *args, grid, warmup, **kwargs):
 
 JITFunction.run = _compile
 
-from hpm_kernels.triton_kernels import gather_tokens, patch_mse_loss, patchify, ranking_loss, select_patches  # noqa: E402
+from hpm_kernels.triton_kernels import (  # noqa: E402
+    gather_tokens,
+    patch_mse_loss,
+    patchify,
+    ranking_loss,
+    resized_crop,
+    select_patches,
+)
 
 
 def main() -> None:
@@ -100,6 +107,15 @@ def main() -> None:
     loss, pp = patch_mse_loss.patch_mse_loss(pred, big, 40, ids, True, 1e-6)
     patch_mse_loss.patch_mse_loss_backward(loss, pp, pred, big, 40, ids, True, 1e-6)
     select_patches.select_patches(torch.randn(1, 4096), torch.rand(1, 4096), 1024, 1536)
+    # resized_crop: uint8 and float images, bicubic and bilinear, grey and RGB, a sliced image batch.
+    for dt in (torch.uint8, torch.float32, torch.float16, torch.bfloat16):
+        for C in (1, 3):
+            imgs = (torch.rand(8, C, 28, 30, generator=g) * 255).to(dt)[:, :, :, 1:]
+            index = torch.randint(0, 8, (4,), generator=g)
+            boxes = torch.tensor([[0, 0, 28, 29], [3, 2, 10, 12], [0, 5, 1, 1], [7, 0, 20, 29]])
+            flip = torch.tensor([True, False, True, False])
+            for bicubic in (True, False):
+                resized_crop.resized_crop(imgs, index, boxes, flip, 32, 32, [0.5] * C, [0.25] * C, bicubic)
     total = sum(len(v) for v in compiled.values())
     print(f"compiled {total} variants of {len(compiled)} kernels: {sorted(compiled)}")
 

@@ -65,6 +65,28 @@ def rank(n: int = N, m: int = 6) -> torch.Tensor:
     return torch.randn(n, m)
 
 
+def u8(b: int = N, c: int = C, h: int = H, w: int = W) -> torch.Tensor:
+    return torch.randint(0, 256, (b, c, h, w), dtype=torch.uint8)
+
+
+def boxes(n: int = N, row: tuple[int, int, int, int] = (1, 2, 5, 4)) -> torch.Tensor:
+    return torch.tensor([row] * n, dtype=torch.int64)
+
+
+def flips(n: int = N) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.bool)
+
+
+def crop(images=None, bx=None, fl=None, size=4, mean=None, std=None, **kwargs):
+    """hk.resized_crop with valid defaults for every argument not given."""
+    images = u8() if images is None else images
+    bx = boxes() if bx is None else bx
+    fl = flips() if fl is None else fl
+    mean = [0.5] * C if mean is None else mean
+    std = [0.25] * C if std is None else std
+    return hk.resized_crop(images, bx, fl, size, mean, std, **kwargs)
+
+
 class Case(NamedTuple):
     id: str
     call: Callable[[], object]
@@ -207,6 +229,41 @@ CASES = [
     case("rank/target-meta-device", lambda: hk.pairwise_ranking_loss(rank(), rank().to("meta")), ValueError, "pred", "target"),
     case("rank/backend-unknown", lambda: hk.pairwise_ranking_loss(rank(), rank(), backend="nope"), ValueError, "backend"),
     case("rank/backend-int", lambda: hk.pairwise_ranking_loss(rank(), rank(), backend=3), TypeError, "backend"),
+    # ---------------------------------------------------------------- resized_crop
+    case("crop/images-list", lambda: crop(images=[[0]]), TypeError, "images"),
+    case("crop/images-int64", lambda: crop(images=u8().long()), TypeError, "images"),
+    case("crop/images-float64", lambda: crop(images=u8().double()), TypeError, "images"),
+    case("crop/images-3d", lambda: crop(images=u8()[0]), ValueError, "images"),
+    case("crop/images-W0", lambda: crop(images=u8(w=0)), ValueError, "images"),
+    case("crop/images-requires-grad", lambda: crop(images=u8().float().requires_grad_()), ValueError, "images"),
+    case("crop/boxes-list", lambda: crop(bx=[[0, 0, 1, 1]] * N), TypeError, "boxes"),
+    case("crop/boxes-int32", lambda: crop(bx=boxes().int()), TypeError, "boxes"),
+    case("crop/boxes-shape", lambda: crop(bx=boxes()[:, :3]), ValueError, "boxes"),
+    case("crop/boxes-rows", lambda: crop(bx=boxes(n=N + 1)), ValueError, "boxes"),
+    case("crop/boxes-height-0", lambda: crop(bx=boxes(row=(0, 0, 0, 4))), ValueError, "boxes"),
+    case("crop/boxes-top-negative", lambda: crop(bx=boxes(row=(-1, 0, 2, 2))), ValueError, "boxes"),
+    case("crop/boxes-past-bottom", lambda: crop(bx=boxes(row=(4, 0, H - 3, 2))), ValueError, "boxes"),
+    case("crop/boxes-past-right", lambda: crop(bx=boxes(row=(0, 1, 2, W))), ValueError, "boxes"),
+    case("crop/flip-int", lambda: crop(fl=flips().long()), TypeError, "flip"),
+    case("crop/flip-length", lambda: crop(fl=flips(n=N + 1)), ValueError, "flip"),
+    case("crop/flip-list", lambda: crop(fl=[False] * N), TypeError, "flip"),
+    case("crop/size-0", lambda: crop(size=0), ValueError, "size"),
+    case("crop/size-triple", lambda: crop(size=(4, 4, 4)), TypeError, "size"),
+    case("crop/size-float", lambda: crop(size=(4.0, 4)), TypeError, "size"),
+    case("crop/mean-length", lambda: crop(mean=[0.5]), ValueError, "mean"),
+    case("crop/mean-str", lambda: crop(mean="0.5"), TypeError, "mean"),
+    case("crop/mean-nan", lambda: crop(mean=[0.5, math.nan, 0.5]), ValueError, "mean"),
+    case("crop/std-zero", lambda: crop(std=[0.5, 0.0, 0.5]), ValueError, "std"),
+    case("crop/std-length", lambda: crop(std=[0.5] * (C + 1)), ValueError, "std"),
+    case("crop/interpolation-nearest", lambda: crop(interpolation="nearest"), ValueError, "interpolation"),
+    case("crop/interpolation-int", lambda: crop(interpolation=2), TypeError, "interpolation"),
+    case("crop/index-int32", lambda: crop(index=torch.zeros(N, dtype=torch.int32)), TypeError, "index"),
+    case("crop/index-2d", lambda: crop(index=torch.zeros(N, 1, dtype=torch.int64)), ValueError, "index"),
+    case("crop/index-vs-boxes", lambda: crop(index=torch.zeros(N + 1, dtype=torch.int64)), ValueError, "boxes"),
+    case("crop/index-out-of-range", lambda: crop(index=torch.tensor([0, N])), IndexError, "index"),
+    case("crop/index-negative", lambda: crop(index=torch.tensor([-1, 0])), IndexError, "index"),
+    case("crop/flip-meta-device", lambda: crop(fl=flips().to("meta")), ValueError, "images", "flip"),
+    case("crop/backend-unknown", lambda: crop(backend="nope"), ValueError, "backend"),
     # ---------------------------------------------------------------- context manager
     case("context/backend-unknown", lambda: hk.backend("nope").__enter__(), ValueError, "backend"),
     case("context/backend-int", lambda: hk.backend(3).__enter__(), TypeError, "backend"),

@@ -597,6 +597,9 @@ def _opcheck_cases(gen):
         C.pairwise_ranking_loss_backward.default,
         (r(()), r(2, 7), torch.rand(2, 7, generator=gen), 1e-6),
     )
+    imgs8 = torch.randint(1, 256, (3, 2, 9, 7), generator=gen, dtype=torch.uint8)
+    crop = (torch.tensor([2, 0, 2]), torch.tensor([[0, 0, 9, 7], [1, 2, 3, 4], [4, 6, 1, 1]]), torch.tensor([True, False, True]))
+    yield "resized_crop", C.resized_crop.default, (imgs8, *crop, 5, 6, [0.5, 0.4], [0.25, 0.5], True)
 
 
 OPCHECK_NAMES = [name for name, *_ in _opcheck_cases(torch.Generator())] if CPU_OK else []

@@ -44,6 +44,15 @@ def _cases(gen):
         ops.pairwise_ranking_loss_backward.default,
         (r(()), r(2, 7), torch.rand(2, 7, generator=gen), 1e-6, "reference"),
     )
+    imgs8 = torch.randint(1, 256, (3, 2, 9, 7), generator=gen, dtype=torch.uint8)
+    crop = (torch.tensor([2, 0, 2]), torch.tensor([[0, 0, 9, 7], [1, 2, 3, 4], [4, 6, 1, 1]]), torch.tensor([True, False, True]))
+    stats = ([0.5, 0.4], [0.25, 0.5])
+    yield "resized_crop_u8", ops.resized_crop.default, (imgs8, *crop, 5, 6, *stats, True, "reference")
+    yield (
+        "resized_crop_f32",
+        ops.resized_crop.default,
+        (torch.rand(3, 2, 9, 7, generator=gen), *crop, 4, 11, *stats, False, "reference"),
+    )
 
 
 CASE_NAMES = [name for name, *_ in _cases(torch.Generator())]
@@ -68,4 +77,5 @@ def test_every_op_is_covered():
         "gather_tokens_backward",
         "pairwise_ranking_loss",
         "pairwise_ranking_loss_backward",
+        "resized_crop",
     }

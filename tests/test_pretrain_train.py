@@ -99,9 +99,8 @@ def test_resume_refuses_a_different_run(image_folder, tmp_path):
         train.pretrain(_cfg(image_folder, tmp_path / "empty", resume=True))
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, tmp_path, monkeypatch):
-    train.pretrain(_cfg(image_folder, tmp_path, stop_after=3))
-    before = (tmp_path / CHECKPOINT).read_bytes()
+def _poison_second_step(monkeypatch, value: float) -> None:
+    """forward_step's loss times ``value`` (nan, inf) at its second call."""
     real = train.forward_step
     calls = {"n": 0}
 
@@ -109,10 +108,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, tmp_pat
         out = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:
-            out.loss = out.loss * float("nan")
+            out.loss = out.loss * value
         return out
 
     monkeypatch.setattr(train, "forward_step", poisoned)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, tmp_path, monkeypatch):
+    train.pretrain(_cfg(image_folder, tmp_path, stop_after=3))
+    before = (tmp_path / CHECKPOINT).read_bytes()
+    _poison_second_step(monkeypatch, float("nan"))
     with pytest.raises(FloatingPointError, match="loss is nan"):
         train.pretrain(_cfg(image_folder, tmp_path, resume=True, ckpt_every=1))
     state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
@@ -195,3 +200,101 @@ def test_every_subcommand_has_help(command, capsys):
 def test_module_entry_point_runs():
     run = subprocess.run([sys.executable, "-m", "hpm_pretrain", "--help"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "{pretrain,visualize,eval,export}" in run.stdout, run.stderr
+
+
+# -- batched augmentation, predictor depth 0, compile, no per-step host read -------------------
+@pytest.fixture(scope="module")
+def fmnist_dir(tmp_path_factory) -> Path:
+    """Fashion-MNIST-format IDX files: 48 training images 20x20 with structure, 10 test images."""
+    from tests.test_pretrain_data import _fake_fmnist
+
+    root = tmp_path_factory.mktemp("fmnist")
+    _fake_fmnist(root, gz=False, n_train=48, n_test=10, size=20)
+    return root
+
+
+def _fm_cfg(root: Path, out: Path, **kw) -> train.PretrainConfig:
+    return _cfg(root, out, **{"data": "fashion-mnist", "img_size": 16, "img_width": None, **kw})
+
+
+def test_in_memory_datasets_take_the_batched_augmentation(fmnist_dir, image_folder, tmp_path):
+    cfg = _fm_cfg(fmnist_dir, tmp_path)
+    ds = train.build_dataset(train.train_data_config(cfg))
+    pipe = train.data_pipeline(cfg, ds, torch.device("cpu"))
+    assert isinstance(pipe, train.BatchedAugmentation) and pipe.images.shape == (48, 1, 20, 20)
+    assert train.data_pipeline(dataclasses.replace(cfg, augmentation="per-item"), ds, torch.device("cpu")) is None
+    folder = _cfg(image_folder, tmp_path)  # mixed sizes: per-item, and "batched" says why it cannot
+    fds = train.build_dataset(train.train_data_config(folder))
+    assert train.data_pipeline(folder, fds, torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="--augmentation batched needs"):
+        train.data_pipeline(dataclasses.replace(folder, augmentation="batched"), fds, torch.device("cpu"))
+    # One batch: normalised crops of the right shape, the same for an image whatever the batch.
+    sampler = train.EpochOrder(len(ds), 8, cfg.seed, 0, 0, 0, 1)
+    imgs, skipped = next(pipe.epoch(sampler))
+    assert imgs.shape == (8, 1, 16, 16) and imgs.dtype == torch.float32 and skipped == 0
+    first = sampler.batch_indices()[0]
+    again = hk_random_resized_crop(pipe, first[2:3], cfg.seed)
+    assert torch.equal(again[0], imgs[2])
+
+
+def hk_random_resized_crop(pipe, index, seed):
+    import hpm_kernels as hk
+
+    return hk.random_resized_crop(pipe.images, index, seed, 0, pipe.size, pipe.mean, pipe.std)
+
+
+@pytest.mark.parametrize("method", ["hpm", "lossonly"])
+def test_batched_augmentation_and_depth0_resume_exactly(fmnist_dir, tmp_path, method):
+    # 48 training images / batch 16 = 3 steps per epoch; stop mid-epoch, resume, same curve.
+    kw = dict(method=method, predictor_depth=0, epochs=2, batch_size=16)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train.pretrain(_fm_cfg(fmnist_dir, whole, **kw))
+    train.pretrain(_fm_cfg(fmnist_dir, parts, stop_after=2, **kw))
+    train.pretrain(_fm_cfg(fmnist_dir, parts, resume=True, **kw))
+    a = [{k: v for k, v in r.items() if k != "images_per_s"} for r in _losses(whole)]
+    b = [{k: v for k, v in r.items() if k != "images_per_s"} for r in _losses(parts)]
+    assert len(a) == 6 and a == b
+    assert all(r["loss_pred"] is not None and math.isfinite(r["loss"]) for r in a)
+
+
+def test_predictor_depth_zero_is_a_head_on_the_reconstruction_decoder():
+    from hpm_pretrain.model import HPMViT, model_config
+    from hpm_pretrain.ops import make_ops
+
+    torch.manual_seed(0)
+    model = HPMViT(model_config("micro", img_size=(16, 16), patch_size=4, in_chans=1, predictor_depth=0))
+    assert model.predictor_depth == 0 and len(model.predictor_blocks) == 0
+    imgs = torch.randn(3, 1, 16, 16)
+    sel = make_ops("fused").select_patches(torch.rand(3, 16), torch.rand(3, 16), 0.75, 0.0)
+    pixels, scores = model(imgs, sel)
+    assert pixels.shape == (3, 12, 16) and scores.shape == (3, 12)
+    scores.sum().backward()  # the ranking loss trains the shared reconstruction decoder
+    assert model.decoder_blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    hidden = model.decode(model.decoder_input(model.encode(imgs), None, None))
+    expected = model.predictor_head(model.predictor_norm(hidden[:, 1:])).mean(-1)
+    torch.testing.assert_close(model.hardness(imgs), expected)
+    with pytest.raises(ValueError, match="`predictor_depth` must be >= 0"):
+        model_config("micro", predictor_depth=-1)
+
+
+def test_nan_is_caught_at_the_next_checkpoint_without_a_per_step_read(image_folder, tmp_path, monkeypatch):
+    # log_every is large: the loss is never read on the host per step, yet the NaN of step 2
+    # stops the run at the step-2 checkpoint, which is therefore never written.
+    _poison_second_step(monkeypatch, float("inf"))
+    with pytest.raises(FloatingPointError, match=r"loss is (inf|nan) at epoch 0, batch 1 \(found by optimizer step 2\)"):
+        train.pretrain(_cfg(image_folder, tmp_path, ckpt_every=1, log_every=1000))
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["position"]["opt_step"] == 1
+
+
+def test_compile_traces_one_graph_and_gives_the_eager_losses(image_folder, tmp_path, monkeypatch):
+    # fullgraph=True: a graph break fails. aot_eager traces exactly what inductor would compile
+    # (Dynamo, fake kernels, AOT autograd) without its C++ code generation, which takes minutes
+    # on 2 cores; inductor's own speed and first-step time are measured in benchmarks/.
+    import functools
+
+    monkeypatch.setattr(train, "compile_models", functools.partial(train.compile_models, backend="aot_eager", fullgraph=True))
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    train.pretrain(_cfg(image_folder, eager, stop_after=3))
+    train.pretrain(_cfg(image_folder, compiled, stop_after=3, compile=True))
+    for a, b in zip(_losses(eager), _losses(compiled), strict=True):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4), (a, b)

@@ -18,6 +18,7 @@ KERNELS = [
     "_patch_mse_fwd_kernel",
     "_ranking_loss_bwd_kernel",
     "_ranking_loss_fwd_kernel",
+    "_resized_crop_kernel",
     "_select_patches_kernel",
 ]
 

@@ -1,10 +1,12 @@
-// CPU kernels of the row-wise ops: select_patches and pairwise_ranking_loss (+ backward), one
-// at::parallel_for task per row; plus the debug op hpm_C::_set_poison.
+// CPU kernels of the row-wise ops: select_patches, pairwise_ranking_loss (+ backward) and
+// resized_crop (a task per output image row), one at::parallel_for task per row; plus the debug op
+// hpm_C::_set_poison.
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/common.h"
@@ -292,6 +294,152 @@ at::Tensor ranking_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& p
 }
 
 // ---------------------------------------------------------------------------------------------
+// resized_crop (in this file rather than its own: a separate .cpp measured +33 s on the 2-core
+// build, most of it the ATen headers every file parses again; this file compiles alongside the
+// slowest one, patches.cpp).
+//
+// hpm_C::resized_crop: crop + resize (bicubic a = -0.75 or bilinear, align_corners =
+// False, borders clamped to the crop, as torch.nn.functional.interpolate) + horizontal flip +
+// per-channel normalisation, for a batch of boxes over images read in place through their strides
+// (uint8, float32, bfloat16 or float16; an image is chosen per output by `index`).
+//
+// Per output image n the taps are computed once: for each output column the source columns (crop
+// offset and clamping included, flip applied) and their weights, for each output row the source
+// rows and weights, in float32 with the arithmetic of ATen's upsample kernels. Tasks are output
+// rows (n, c, y): each interpolates its source rows horizontally and combines them vertically
+// (the order of ATen's kernels), all in float32.
+//
+// The image dtypes of resized_crop: uint8 and the float dtypes of HPM_DISPATCH_FLOAT.
+#define HPM_DISPATCH_IMAGE(TYPE, NAME, ...)                                                          \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kByte, __VA_ARGS__) AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__)                            \
+                                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
+
+// ATen's cubic convolution coefficients (UpSample.h: get_cubic_upsample_coefficients, A = -0.75).
+inline void cubic_coefficients(float t, float w[4]) {
+  constexpr float A = -0.75f;
+  auto conv1 = [](float x) { return ((A + 2) * x - (A + 3)) * x * x + 1; };
+  auto conv2 = [](float x) { return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A; };
+  w[0] = conv2(t + 1.0f);
+  w[1] = conv1(t);
+  const float x2 = 1.0f - t;
+  w[2] = conv1(x2);
+  w[3] = conv2(x2 + 1.0f);
+}
+
+// Source indices (in [0, in)) and weights of the `taps` (4 bicubic, 2 bilinear) samples of output
+// position o of a 1-D resize in -> out, align_corners = False (ATen's area_pixel_compute_source_index).
+inline void resize_taps(int64_t o, int64_t in, int64_t out, bool bicubic, int64_t* idx, float* w) {
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  float real = scale * (static_cast<float>(o) + 0.5f) - 0.5f;
+  if (bicubic) {
+    const float fl = std::floor(real);
+    const int64_t i0 = static_cast<int64_t>(fl);
+    cubic_coefficients(real - fl, w);
+    for (int k = 0; k < 4; ++k) idx[k] = std::min(std::max<int64_t>(i0 - 1 + k, 0), in - 1);
+  } else {
+    real = real < 0.0f ? 0.0f : real;
+    const int64_t i0 = std::min(static_cast<int64_t>(std::floor(real)), in - 1);
+    const float lambda = std::min(std::max(real - static_cast<float>(i0), 0.0f), 1.0f);
+    idx[0] = i0;
+    idx[1] = i0 + (i0 < in - 1 ? 1 : 0);
+    w[0] = 1.0f - lambda;
+    w[1] = lambda;
+  }
+}
+
+template <typename T>
+void resized_crop_impl(const at::Tensor& images, const int64_t* src, const int64_t* box, const bool* flip,
+                       int64_t N, int64_t Ho, int64_t Wo, const std::vector<float>& mean,
+                       const std::vector<float>& stdev, bool bicubic, float* out) {
+  const int64_t C = images.size(1);
+  const int64_t sn = images.stride(0), sc = images.stride(1), sh = images.stride(2), sw = images.stride(3);
+  const int taps = bicubic ? 4 : 2;
+  // Taps per output image: columns as element offsets (x * sw) into a source row, rows as offsets (y * sh).
+  std::vector<int64_t> col_off(N * Wo * 4), row_off(N * Ho * 4);
+  std::vector<float> col_w(N * Wo * 4), row_w(N * Ho * 4);
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    int64_t idx[4];
+    for (int64_t n = n0; n < n1; ++n) {
+      const int64_t top = box[n * 4], left = box[n * 4 + 1], h = box[n * 4 + 2], w = box[n * 4 + 3];
+      for (int64_t x = 0; x < Wo; ++x) {
+        const int64_t xs = flip[n] ? Wo - 1 - x : x;
+        resize_taps(xs, w, Wo, bicubic, idx, col_w.data() + (n * Wo + x) * 4);
+        for (int k = 0; k < taps; ++k) col_off[(n * Wo + x) * 4 + k] = (left + idx[k]) * sw;
+      }
+      for (int64_t y = 0; y < Ho; ++y) {
+        resize_taps(y, h, Ho, bicubic, idx, row_w.data() + (n * Ho + y) * 4);
+        for (int k = 0; k < taps; ++k) row_off[(n * Ho + y) * 4 + k] = (top + idx[k]) * sh;
+      }
+    }
+  });
+  constexpr bool is_uint8 = std::is_same_v<T, uint8_t>;
+  const T* img = images.const_data_ptr<T>();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(Wo * taps * taps, 1));
+  at::parallel_for(0, N * C * Ho, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(Wo), acc(Wo);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t y = task % Ho, c = (task / Ho) % C, n = task / (Ho * C);
+      const T* plane = img + src[n] * sn + c * sc;
+      const int64_t* co = col_off.data() + n * Wo * 4;
+      const float* cw = col_w.data() + n * Wo * 4;
+      for (int ky = 0; ky < taps; ++ky) {
+        const T* s = plane + row_off[(n * Ho + y) * 4 + ky];
+        const float wy = row_w[(n * Ho + y) * 4 + ky];
+        if (bicubic) {
+          for (int64_t x = 0; x < Wo; ++x) {
+            const int64_t* o = co + x * 4;
+            const float* w = cw + x * 4;
+            row[x] = static_cast<float>(s[o[0]]) * w[0] + static_cast<float>(s[o[1]]) * w[1] +
+                     static_cast<float>(s[o[2]]) * w[2] + static_cast<float>(s[o[3]]) * w[3];
+          }
+        } else {
+          for (int64_t x = 0; x < Wo; ++x) {
+            const int64_t* o = co + x * 4;
+            const float* w = cw + x * 4;
+            row[x] = w[0] * static_cast<float>(s[o[0]]) + w[1] * static_cast<float>(s[o[1]]);
+          }
+        }
+        if (ky == 0) {
+          for (int64_t x = 0; x < Wo; ++x) acc[x] = row[x] * wy;
+        } else {
+          for (int64_t x = 0; x < Wo; ++x) acc[x] += row[x] * wy;
+        }
+      }
+      float* o = out + ((n * C + c) * Ho + y) * Wo;
+      const float m = mean[c], sd = stdev[c];
+      for (int64_t x = 0; x < Wo; ++x) {
+        float v = acc[x];
+        if constexpr (is_uint8) v = std::min(std::max(v, 0.0f), 255.0f) / 255.0f;
+        o[x] = (v - m) / sd;
+      }
+    }
+  });
+}
+
+at::Tensor resized_crop_cpu(const at::Tensor& images, const at::Tensor& index, const at::Tensor& boxes,
+                            const at::Tensor& flip, int64_t out_h, int64_t out_w, at::ArrayRef<double> mean,
+                            at::ArrayRef<double> stdev, bool bicubic) {
+  TORCH_CHECK(images.dim() == 4, "resized_crop: `images` must be (B, C, H, W)");
+  TORCH_CHECK(index.scalar_type() == at::kLong && boxes.scalar_type() == at::kLong && flip.scalar_type() == at::kBool,
+              "resized_crop: `index` and `boxes` must be int64, `flip` bool");
+  const int64_t N = boxes.size(0), C = images.size(1);
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && index.numel() == N && flip.numel() == N,
+              "resized_crop: `boxes` must be (N, 4), `index` and `flip` (N,)");
+  TORCH_CHECK(static_cast<int64_t>(mean.size()) == C && static_cast<int64_t>(stdev.size()) == C,
+              "resized_crop: `mean` and `std` must have C values");
+  at::Tensor out = new_output({N, C, out_h, out_w}, images.options().dtype(at::kFloat));
+  if (out.numel() == 0) return out;
+  const at::Tensor idx = index.contiguous(), bx = boxes.contiguous(), fl = flip.contiguous();
+  const std::vector<float> m(mean.begin(), mean.end()), s(stdev.begin(), stdev.end());
+  HPM_DISPATCH_IMAGE(images.scalar_type(), "hpm_resized_crop_cpu", [&] {
+    resized_crop_impl<scalar_t>(images, idx.const_data_ptr<int64_t>(), bx.const_data_ptr<int64_t>(),
+                                fl.const_data_ptr<bool>(), N, out_h, out_w, m, s, bicubic, out.mutable_data_ptr<float>());
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Debug hook: poison every output the CPU kernels allocate from now on (see common.h).
 
 void set_poison(int64_t mode) {
@@ -305,6 +453,7 @@ TORCH_LIBRARY_IMPL(hpm_C, CPU, m) {
   m.impl("select_patches", &select_patches_cpu);
   m.impl("pairwise_ranking_loss", &ranking_loss_cpu);
   m.impl("pairwise_ranking_loss_backward", &ranking_loss_backward_cpu);
+  m.impl("resized_crop", &resized_crop_cpu);
 }
 
 // No tensor argument: the dispatcher routes the call to the CompositeExplicitAutograd kernel.

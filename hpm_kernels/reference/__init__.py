@@ -8,6 +8,7 @@ from .gather_tokens import gather_tokens, gather_tokens_backward
 from .patch_mse_loss import patch_mse_loss, patch_mse_loss_backward
 from .patchify import patchify, patchify_backward, unpatchify
 from .ranking_loss import pairwise_ranking_loss, pairwise_ranking_loss_backward
+from .resized_crop import resized_crop
 from .select_patches import select_patches
 
 KERNELS = {
@@ -21,6 +22,7 @@ KERNELS = {
     "gather_tokens_backward": gather_tokens_backward,
     "pairwise_ranking_loss": pairwise_ranking_loss,
     "pairwise_ranking_loss_backward": pairwise_ranking_loss_backward,
+    "resized_crop": resized_crop,
 }
 
 __all__ = ["KERNELS", *KERNELS]

@@ -26,7 +26,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def _kernels() -> tuple[Mapping[str, Callable], str | None]:
     if importlib.util.find_spec("triton") is None:
         return {}, "triton is not installed"
-    from . import gather_tokens, patch_mse_loss, patchify, ranking_loss, select_patches
+    from . import gather_tokens, patch_mse_loss, patchify, ranking_loss, resized_crop, select_patches
 
     return {
         "patchify": patchify.patchify,
@@ -39,6 +39,7 @@ def _kernels() -> tuple[Mapping[str, Callable], str | None]:
         "gather_tokens_backward": gather_tokens.gather_tokens_backward,
         "pairwise_ranking_loss": ranking_loss.pairwise_ranking_loss,
         "pairwise_ranking_loss_backward": ranking_loss.pairwise_ranking_loss_backward,
+        "resized_crop": resized_crop.resized_crop,
     }, None
 
 

@@ -22,7 +22,14 @@ HELP = {
     "in_chans": "1 (grey) or 3 (RGB)",
     "limit": "use only the first N training images",
     "preset": "micro | tiny | small | base | large",
-    "predictor_depth": "loss-predictor decoder depth (default: the reconstruction decoder's, as the official code)",
+    "embed_dim": "encoder width (default: the preset's)",
+    "depth": "encoder blocks (default: the preset's)",
+    "num_heads": "encoder attention heads (default: the preset's)",
+    "decoder_embed_dim": "decoder width, both decoders (default: the preset's)",
+    "decoder_depth": "reconstruction decoder blocks (default: the preset's)",
+    "decoder_num_heads": "decoder attention heads (default: the preset's)",
+    "predictor_depth": "loss-predictor decoder depth (default: the reconstruction decoder's, as the official code); "
+    "0: no second decoder, a head on the reconstruction decoder's last tokens (cheapest)",
     "predictor_head": "patch (P-wide head then a mean, official) | scalar (1-wide)",
     "method": "hpm | mae | lossonly",
     "pred_loss": "relative (pairwise ranking, the paper's) | absolute (z-scored MSE ablation)",
@@ -40,6 +47,11 @@ HELP = {
     "ckpt_every": "optimizer steps between checkpoints (0: at epoch ends only)",
     "log_every": "optimizer steps between metric lines",
     "device": "auto (CUDA when present) | cpu | cuda | cuda:N",
+    "augmentation": "auto (one batched hpm_kernels call per batch for in-memory datasets: fashion-mnist, elpv; "
+    "per-item torchvision for folders) | batched | per-item",
+    "num_workers": "DataLoader workers of the per-item path (default: 0 on CPU, where the model needs the cores; "
+    "up to 8 per GPU)",
+    "compile": "torch.compile the student and the teacher's hardness pass",
 }
 
 

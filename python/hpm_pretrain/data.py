@@ -563,6 +563,33 @@ def build_dataset(cfg: DataConfig) -> torch.utils.data.Dataset:
     return _build_elpv(cfg)
 
 
+def in_memory_images(ds: torch.utils.data.Dataset) -> torch.Tensor | None:
+    """Every image of ``ds`` decoded once, as one uint8 tensor (N, C, H, W) in ``ds.cfg.in_chans``'s
+    mode, for the trainer's batched augmentation; None (with a log line saying why) when the images
+    do not all decode or do not share one size. Fashion-MNIST is already in memory (no copy for
+    grey; RGB is the grey image expanded, a view)."""
+    if isinstance(ds, FashionMNISTDataset):
+        grey = torch.from_numpy(np.array(ds.images, copy=True)).unsqueeze(1)
+        return grey.expand(-1, ds.cfg.in_chans, -1, -1)
+    if not isinstance(ds, _ImageDataset) or len(ds) == 0:
+        return None
+    arrays = []
+    for i in range(len(ds)):
+        try:
+            a = np.asarray(ds._load(i))
+        except Exception as e:
+            logger.info("not holding the images in memory: %s does not decode (%s: %s)", ds._describe(i), type(e).__name__, e)
+            return None
+        if arrays and a.shape != arrays[0].shape:
+            logger.info(
+                "not holding the images in memory: %s is %s, %s is %s", ds._describe(0), arrays[0].shape, ds._describe(i), a.shape
+            )
+            return None
+        arrays.append(a)
+    stacked = torch.from_numpy(np.stack(arrays))
+    return stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
+
+
 def collate_skip_corrupt(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """DataLoader collate_fn: drop None items (unreadable files) and stack the rest.
 

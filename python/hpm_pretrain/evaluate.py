@@ -188,10 +188,12 @@ def evaluate(
     k: int = KNN_K,
     knn_temperature: float | None = KNN_TEMPERATURE,
     device: str = "auto",
+    linear: bool = True,
 ) -> dict:
     """kNN and linear-probe accuracy of a run's frozen encoder (the student, or the EMA teacher).
 
-    ``limit_train``: None = the run's ``limit``; ``limit_test``: None = the whole test split; 0 = no limit."""
+    ``limit_train``: None = the run's ``limit``; ``limit_test``: None = the whole test split; 0 = no limit.
+    ``linear=False`` skips the probe (``linear_acc`` None): kNN only, much cheaper."""
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
     run = load_run(checkpoint, device=dev)
     if teacher and run.teacher is None:
@@ -219,7 +221,7 @@ def evaluate(
         log.info("%s split: %d images, features %s", split, len(labels), tuple(feats.shape))
     (ftr, ytr), (fte, yte) = splits["train"], splits["test"]
     knn_acc = knn_accuracy(ftr, ytr, fte, yte, k, knn_temperature)
-    linear_acc, wd = linear_probe(ftr, ytr, fte, yte)
+    linear_acc, wd = linear_probe(ftr, ytr, fte, yte) if linear else (None, None)
     num_classes = int(max(int(ytr.max()), int(yte.max()))) + 1
     return dict(
         knn_acc=knn_acc,

@@ -33,7 +33,9 @@ class ModelConfig:
     decoder_num_heads: int = 16
     mlp_ratio: float = 4.0
     predictor: bool = True  # the loss-prediction decoder (HPM, lossonly); False for plain MAE
-    predictor_depth: int | None = None  # None: decoder_depth, the official shape
+    # None: decoder_depth, the official shape. 0: no second decoder; the head reads the
+    # reconstruction decoder's last hidden states (its own LayerNorm, then the head).
+    predictor_depth: int | None = None
     predictor_head: str = "patch"  # "patch": a P-wide head then a mean (official); "scalar": 1-wide
 
     @property
@@ -67,6 +69,8 @@ def model_config(preset: str, **overrides) -> ModelConfig:
     H, W = cfg.img_size
     if H % cfg.patch_size or W % cfg.patch_size:
         raise ValueError(f"`patch_size` {cfg.patch_size} must divide the image size {cfg.img_size}")
+    if cfg.predictor_depth is not None and cfg.predictor_depth < 0:
+        raise ValueError(f"`predictor_depth` must be >= 0 (0: a head on the reconstruction decoder), got {cfg.predictor_depth}")
     if cfg.predictor_head not in ("patch", "scalar"):
         raise ValueError(f"`predictor_head` must be 'patch' or 'scalar', got {cfg.predictor_head!r}")
     return cfg
@@ -121,11 +125,16 @@ class HPMViT(nn.Module):
         self.decoder_pred = nn.Linear(Dd, P)
         # Loss predictor: same shape as the reconstruction decoder unless configured otherwise.
         if cfg.predictor:
-            depth = cfg.decoder_depth if cfg.predictor_depth is None else cfg.predictor_depth
+            depth = self.predictor_depth
             self.predictor_blocks = _blocks(Dd, depth, cfg.decoder_num_heads, cfg.mlp_ratio)
             self.predictor_norm = nn.LayerNorm(Dd, eps=1e-6)
             self.predictor_head = nn.Linear(Dd, P if cfg.predictor_head == "patch" else 1)
         self._init_weights()
+
+    @property
+    def predictor_depth(self) -> int:
+        """Blocks of the loss-prediction decoder; 0: the head shares the reconstruction decoder."""
+        return self.cfg.decoder_depth if self.cfg.predictor_depth is None else self.cfg.predictor_depth
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.cls_token, std=0.02)
@@ -165,14 +174,23 @@ class HPMViT(nn.Module):
             tokens.append(mask_tokens + self.ops.gather_tokens(pos[:, 1:], ids_mask))
         return torch.cat(tokens, dim=1)
 
-    def reconstruct(self, x: torch.Tensor, num_masked: int) -> torch.Tensor:
-        """Decoder input (N, 1 + K + M, Dd) -> predicted pixels of the M masked patches (N, M, P)."""
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder input (N, T, Dd) -> the reconstruction decoder's last hidden states (N, T, Dd)."""
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x[:, x.shape[1] - num_masked :]))
+        return x
+
+    def reconstruct(self, x: torch.Tensor, num_masked: int) -> torch.Tensor:
+        """Decoder input (N, 1 + K + M, Dd) -> predicted pixels of the M masked patches (N, M, P)."""
+        return self.pixels(self.decode(x), num_masked)
+
+    def pixels(self, hidden: torch.Tensor, num_masked: int) -> torch.Tensor:
+        """Reconstruction decoder states (N, 1 + K + M, Dd) -> pixels of the last M tokens (N, M, P)."""
+        return self.decoder_pred(self.decoder_norm(hidden[:, hidden.shape[1] - num_masked :]))
 
     def predict_loss(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Decoder input -> predicted per-patch loss of the tokens from ``start`` on: (N, T)."""
+        """Predicted per-patch loss of the tokens from ``start`` on: (N, T). ``x`` is the decoder
+        input, or with ``predictor_depth`` 0 the reconstruction decoder's hidden states."""
         for blk in self.predictor_blocks:
             x = blk(x)
         return self.predictor_head(self.predictor_norm(x[:, start:])).mean(-1)
@@ -183,17 +201,20 @@ class HPMViT(nn.Module):
         latent = self.encode(imgs, sel.ids_keep)
         x = self.decoder_input(latent, sel.ids_keep, sel.ids_mask)
         M = sel.ids_mask.shape[1]
-        pixels = self.reconstruct(x, M)
-        scores = self.predict_loss(x, x.shape[1] - M) if self.cfg.predictor else None
+        hidden = self.decode(x)
+        pixels = self.pixels(hidden, M)
+        scores = None
+        if self.cfg.predictor:
+            scores = self.predict_loss(hidden if self.predictor_depth == 0 else x, x.shape[1] - M)
         return pixels, scores
 
     @torch.no_grad()
     def hardness(self, imgs: torch.Tensor) -> torch.Tensor:
         """Teacher: predicted loss of every patch of the full image (N, L), as the official code
         queries it (at visible positions; no mask token). Runs the encoder and the loss
-        predictor only; the reconstruction decoder's output would be thrown away."""
+        predictor only (with ``predictor_depth`` 0 the predictor is the reconstruction decoder)."""
         x = self.decoder_input(self.encode(imgs), None, None)
-        return self.predict_loss(x, 1)
+        return self.predict_loss(self.decode(x) if self.predictor_depth == 0 else x, 1)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -33,14 +33,26 @@ import hpm_kernels as hk
 
 from . import checkpoint as ckpt
 from . import schedule
-from .data import DataConfig, build_dataset, collate_skip_corrupt
+from .data import DataConfig, build_dataset, collate_skip_corrupt, in_memory_images, normalisation
 from .model import HPMViT, model_config, param_groups
 
 log = logging.getLogger("hpm_pretrain.train")
 
 METHODS = ("hpm", "mae", "lossonly")
+AUGMENTATIONS = ("auto", "batched", "per-item")
 # Config fields that may change on --resume without making it a different run.
-RESUMABLE_FIELDS = {"resume", "stop_after", "num_workers", "log_every", "ckpt_every", "tensorboard", "progress", "device"}
+RESUMABLE_FIELDS = {
+    "resume",
+    "stop_after",
+    "num_workers",
+    "log_every",
+    "ckpt_every",
+    "tensorboard",
+    "progress",
+    "device",
+    "compile",
+}
+ARCHITECTURE_FIELDS = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 
 
 @dataclasses.dataclass
@@ -56,6 +68,13 @@ class PretrainConfig:
     # model
     preset: str = "base"
     patch_size: int = 16
+    # Architecture overrides of the preset (None: the preset's value).
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    decoder_embed_dim: int | None = None
+    decoder_depth: int | None = None
+    decoder_num_heads: int | None = None
     predictor_depth: int | None = None
     predictor_head: str = "patch"
     # method
@@ -84,8 +103,10 @@ class PretrainConfig:
     stop_after: int | None = None  # stop (with a checkpoint) after this many optimizer steps in total
     ckpt_every: int = 0  # optimizer steps between checkpoints (0: epoch ends only)
     log_every: int = 10  # optimizer steps between metric lines
-    num_workers: int = 2
+    augmentation: str = "auto"  # see AUGMENTATIONS and data_pipeline()
+    num_workers: int | None = None  # None: chosen for the device (default_num_workers)
     device: str = "auto"
+    compile: bool = False
     tensorboard: bool = False
     progress: bool = True
 
@@ -100,9 +121,18 @@ class PretrainConfig:
             raise ValueError(f"`mask_ratio` must be in (0, 1), got {self.mask_ratio}")
         if not 0 <= self.hard_ratio_max <= 1:
             raise ValueError(f"`hard_ratio_max` must be in [0, 1], got {self.hard_ratio_max}")
-        for name in ("epochs", "batch_size", "accum_steps", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"`augmentation` must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+        for name in ("epochs", "batch_size", "accum_steps", "log_every", *ARCHITECTURE_FIELDS):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {value}")
+        if self.predictor_depth is not None and self.predictor_depth < 0:
+            raise ValueError(
+                f"`predictor_depth` must be >= 0 (0: a head on the reconstruction decoder), got {self.predictor_depth}"
+            )
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"`num_workers` must be >= 0, got {self.num_workers}")
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -122,11 +152,14 @@ class EpochOrder(Sampler):
     def steps(self) -> int:
         return self.n // (self.batch_size * self.world)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def batch_indices(self) -> torch.Tensor:
+        """This rank's image indices of the remaining batches: (steps - start, batch_size) int64."""
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         steps = self.steps()
-        mine = order[: steps * self.batch_size * self.world].view(steps, self.world, self.batch_size)[self.start :, self.rank]
-        return iter([(self.epoch, int(i)) for i in mine.reshape(-1)])
+        return order[: steps * self.batch_size * self.world].view(steps, self.world, self.batch_size)[self.start :, self.rank]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, int(i)) for i in self.batch_indices().reshape(-1)])
 
     def __len__(self) -> int:
         return (self.steps() - self.start) * self.batch_size
@@ -147,6 +180,62 @@ class SeededItems(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + epoch * 10_000_019 + index) % (2**63))
             return self.dataset[index]
+
+
+def default_num_workers(device: torch.device) -> int:
+    """DataLoader workers for the per-item path. On CPU none: the model needs every core, and
+    workers would take them (on 2 cores a worker slows the step more than it hides). On CUDA
+    up to 8 per process, leaving a core to the training process."""
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(0, min(8, per_process - 1))
+
+
+class BatchedAugmentation:
+    """MAE's augmentation for a whole batch in one ``hk.random_resized_crop`` call, for datasets
+    held in memory: the uint8 images stay on the training device, each batch is read by index.
+    Crop boxes and flips come from a counter-based generator keyed by (seed, epoch, image index),
+    so an image's crop does not depend on the batch it lands in or on the resume point."""
+
+    def __init__(self, images: torch.Tensor, size: tuple[int, int], mean, std, seed: int, device: torch.device):
+        self.images = images.to(device)
+        self.size, self.mean, self.std, self.seed = size, list(mean), list(std), seed
+
+    def epoch(self, sampler: EpochOrder) -> Iterator[tuple[torch.Tensor, int]]:
+        device, (H, W) = self.images.device, self.images.shape[2:]
+        for index in sampler.batch_indices():  # on the host, where the boxes are drawn
+            boxes, flip = hk.random_resized_crop_params(self.seed, sampler.epoch, index, (H, W))
+            imgs = hk.resized_crop(
+                self.images,
+                boxes.to(device, non_blocking=True),
+                flip.to(device, non_blocking=True),
+                self.size,
+                self.mean,
+                self.std,
+                index=index.to(device, non_blocking=True),
+            )
+            yield imgs, 0
+
+
+def data_pipeline(cfg: PretrainConfig, dataset: Dataset, device: torch.device) -> BatchedAugmentation | None:
+    """The batched augmentation when ``cfg.augmentation`` asks for it (or "auto" and the dataset
+    is held in memory: Fashion-MNIST, ELPV after one decode); None: the per-item DataLoader path
+    (torchvision on PIL images, per-item seeding), kept for folders of large images."""
+    if cfg.augmentation == "per-item":
+        return None
+    images = in_memory_images(dataset) if cfg.augmentation == "batched" or cfg.data != "folder" else None
+    if images is None:
+        if cfg.augmentation == "batched":
+            raise ValueError(
+                "--augmentation batched needs a dataset whose images all have one size and decode "
+                f"(fashion-mnist, elpv, or a folder of same-size images); {cfg.data!r} does not: use per-item or auto"
+            )
+        return None
+    dcfg = train_data_config(cfg)
+    mean, std = normalisation(dcfg)
+    return BatchedAugmentation(images, cfg.image_shape, mean, std, cfg.seed, device)
 
 
 # -- the step -----------------------------------------------------------------------------------
@@ -186,7 +275,11 @@ def forward_step(
     _, num_hard = hk.mask_counts(core.cfg.num_patches, cfg.mask_ratio, hard_ratio)
     # With no hard patch the selection ignores the scores (it is MAE's random masking), so the
     # teacher's pass would be wasted: skip it.
-    scores = teacher.hardness(imgs).float() if teacher is not None and num_hard > 0 else noise
+    if teacher is not None and num_hard > 0:
+        with torch.inference_mode():
+            scores = teacher.hardness(imgs).float()
+    else:
+        scores = noise
     sel = ops.select_patches(scores, noise, cfg.mask_ratio, hard_ratio)
     pixels, pred_scores = model(imgs, sel)
     loss_rec, per_patch = ops.patch_mse_loss(pixels, imgs, p, sel.ids_mask, cfg.norm_pix)
@@ -198,6 +291,41 @@ def forward_step(
             loss_pred = absolute_pred_loss(pred_scores, per_patch)
     loss = loss_rec if loss_pred is None else loss_rec + loss_pred
     return StepOutput(loss, loss_rec, loss_pred, pred_scores, per_patch)
+
+
+class FiniteLossWatch:
+    """Checks that every loss is finite without reading it on the host each step: the check
+    accumulates on the device and :meth:`raise_if_bad` (one sync) runs where the loop reads
+    the host anyway (metric lines) and before every checkpoint, so a bad step never reaches one."""
+
+    def __init__(self, device: torch.device):
+        self.ok = torch.ones((), dtype=torch.bool, device=device)
+        self.first_bad = torch.zeros(2, dtype=torch.float64, device=device)  # (loss, global batch)
+
+    def add(self, loss: torch.Tensor, global_batch: int) -> None:
+        loss = loss.detach().double()
+        bad = self.ok & ~torch.isfinite(loss)
+        self.first_bad = torch.where(bad, torch.stack([loss, torch.full_like(loss, global_batch)]), self.first_bad)
+        self.ok &= ~bad
+
+    def raise_if_bad(self, batches_per_epoch: int, opt_step: int, ckpt_path: Path) -> None:
+        if bool(self.ok):
+            return
+        value, where = self.first_bad.tolist()
+        epoch, batch = divmod(int(where), batches_per_epoch)
+        raise FloatingPointError(
+            f"loss is {value} at epoch {epoch}, batch {batch} (found by optimizer step {opt_step}): stopping. "
+            f"The last good checkpoint is {ckpt_path} (untouched)."
+        )
+
+
+def compile_models(student: HPMViT, teacher: HPMViT | None, backend: str = "inductor", fullgraph: bool = False) -> None:
+    """torch.compile the student's forward and the teacher's hardness pass, in place (parameter
+    names and checkpoints unchanged). The hpm ops are custom ops with fake kernels, so each
+    compiles to one graph (the tests check it with ``fullgraph=True``)."""
+    student.compile(backend=backend, fullgraph=fullgraph)
+    if teacher is not None:
+        teacher.hardness = torch.compile(teacher.hardness, backend=backend, fullgraph=fullgraph)
 
 
 @torch.no_grad()
@@ -265,12 +393,20 @@ def build_model(cfg: PretrainConfig, ops: str | None = None) -> HPMViT:
         predictor=cfg.method != "mae",
         predictor_depth=cfg.predictor_depth,
         predictor_head=cfg.predictor_head,
+        **{k: getattr(cfg, k) for k in ARCHITECTURE_FIELDS if getattr(cfg, k) is not None},
     )
     return HPMViT(mcfg, ops or cfg.ops)
 
 
-def pretrain(cfg: PretrainConfig) -> dict:
-    """Run (or resume) pretraining; returns a summary with the last metrics and the output paths."""
+def pretrain(cfg: PretrainConfig, on_epoch_end: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) pretraining; returns a summary with the last metrics, the output paths and
+    ``train_seconds`` (wall time of this call: data, model, compile, steps and checkpoints).
+
+    ``on_epoch_end(info)``, if given, runs on every process after each epoch's checkpoint with
+    ``info = {epoch, opt_step, checkpoint, train_seconds}``; its own time is not counted in
+    ``train_seconds`` (benchmarks/time_to_accuracy.py evaluates the encoder there)."""
+    started = time.perf_counter()
+    paused = 0.0
     cfg.validate()
     rank, world, local_rank = _dist_env()
     distributed = world > 1
@@ -285,6 +421,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
 
     dataset = build_dataset(train_data_config(cfg))
+    batched = data_pipeline(cfg, dataset, device)
+    num_workers = default_num_workers(device) if cfg.num_workers is None else cfg.num_workers
     steps_per_epoch = len(dataset) // (cfg.batch_size * world)
     if steps_per_epoch < cfg.accum_steps:
         raise ValueError(
@@ -298,6 +436,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     teacher = None
     if cfg.method == "hpm":
         teacher = copy.deepcopy(student).requires_grad_(False)
+    if cfg.compile:
+        compile_models(student, teacher)
     effective_batch = cfg.batch_size * cfg.accum_steps * world
     peak_lr = cfg.lr if cfg.lr is not None else schedule.base_lr(cfg.blr, effective_batch)
     optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
@@ -333,7 +473,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
         metrics.path.unlink(missing_ok=True)
 
+    watch = FiniteLossWatch(device)
+
     def save() -> None:
+        watch.raise_if_bad(steps_per_epoch, pos["opt_step"], ckpt_path)
         rngs = [None] * world
         mine = ckpt.rng_state(noise_gen)
         if distributed:
@@ -361,21 +504,27 @@ def pretrain(cfg: PretrainConfig) -> dict:
         decay = schedule.ema_decay(epoch, cfg.ema_start, cfg.ema_end, cfg.ema_ramp_epochs)
         start_batch = pos["batch"]
         sampler = EpochOrder(len(dataset), cfg.batch_size, cfg.seed, epoch, start_batch, rank, world)
-        loader = DataLoader(
-            SeededItems(dataset, cfg.seed),
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            num_workers=cfg.num_workers,
-            collate_fn=collate_skip_corrupt,
-            drop_last=True,
-            pin_memory=device.type == "cuda",
-        )
+        if batched is not None:
+            loader = batched.epoch(sampler)
+        else:
+            loader = (
+                (imgs, n_skipped)
+                for imgs, _, _, n_skipped in DataLoader(
+                    SeededItems(dataset, cfg.seed),
+                    batch_size=cfg.batch_size,
+                    sampler=sampler,
+                    num_workers=num_workers,
+                    collate_fn=collate_skip_corrupt,
+                    drop_last=True,
+                    pin_memory=device.type == "cuda",
+                )
+            )
         optimizer.zero_grad(set_to_none=True)
         skipped = 0
         window_images, window_start = 0, time.perf_counter()
         bar = _progress(cfg, is_main, opt_steps_per_epoch, pos["opt_step"] - epoch * opt_steps_per_epoch, epoch)
         out = None
-        for imgs, _, _, n_skipped in loader:
+        for imgs, n_skipped in loader:
             batch = pos["batch"]
             skipped += n_skipped
             if batch % cfg.accum_steps == 0:
@@ -387,12 +536,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 noise = torch.rand(imgs.shape[0], student.cfg.num_patches, generator=noise_gen, device=device)
                 with autocast:
                     out = forward_step(model, teacher, imgs, noise, cfg, hard)
-                loss_value = float(out.loss.detach())
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"loss is {loss_value} at epoch {epoch}, batch {batch}, optimizer step {pos['opt_step']}: stopping. "
-                        f"The last good checkpoint is {ckpt_path} (untouched)."
-                    )
+                watch.add(out.loss, epoch * steps_per_epoch + batch)
                 (out.loss / cfg.accum_steps).backward()
             pos["batch"] = batch + 1
             window_images += imgs.shape[0] * world
@@ -408,7 +552,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
             if bar is not None:
                 bar.update(1)
             if pos["opt_step"] % cfg.log_every == 0 and out is not None:
+                watch.raise_if_bad(steps_per_epoch, pos["opt_step"], ckpt_path)
                 elapsed = time.perf_counter() - window_start
+                loss_value = float(out.loss.detach())
                 last = dict(
                     step=pos["opt_step"],
                     epoch=epoch,
@@ -436,7 +582,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
         if not stop:
             pos = dict(epoch=epoch + 1, batch=0, opt_step=pos["opt_step"])
         save()
-    summary.update(last=last, position=dict(pos))
+        if on_epoch_end is not None and not stop:
+            hook_start = time.perf_counter()
+            on_epoch_end(
+                dict(
+                    epoch=epoch, opt_step=pos["opt_step"], checkpoint=str(ckpt_path), train_seconds=hook_start - started - paused
+                )
+            )
+            paused += time.perf_counter() - hook_start
+    summary.update(last=last, position=dict(pos), train_seconds=time.perf_counter() - started - paused)
     if distributed:
         dist.barrier()
     return summary
