@@ -69,7 +69,8 @@ PROTOCOL = PretrainConfig(
 )
 
 # name -> (overrides of PROTOCOL, what it is). "per-item" is the trainer's data path before the
-# batched augmentation op; "d0" a loss predictor of depth 0 (a head on the reconstruction decoder).
+# batched augmentation op; "d0" a loss predictor of depth 0 (a head on the reconstruction decoder);
+# "5ep" 5 epochs instead of 4 (warm-up 1, cosine over 5).
 SETTINGS: dict[str, tuple[dict, str]] = {
     "mae": (dict(method="mae"), "MAE, batched augmentation"),
     "lossonly-d0": (dict(method="lossonly", predictor_depth=0), "loss-only, predictor depth 0"),
@@ -78,6 +79,7 @@ SETTINGS: dict[str, tuple[dict, str]] = {
     "hpm": (dict(method="hpm"), "HPM official recipe, batched augmentation"),
     "mae-per-item": (dict(method="mae", augmentation="per-item"), "MAE, per-item torchvision (before)"),
     "hpm-per-item": (dict(method="hpm", augmentation="per-item"), "HPM official recipe, per-item (before)"),
+    "lossonly-d0-5ep": (dict(method="lossonly", predictor_depth=0, epochs=5), "loss-only, predictor depth 0, 5 epochs"),
     "lossonly-d0-compile": (dict(method="lossonly", predictor_depth=0, compile=True), "loss-only d0, --compile"),
     "mae-compile": (dict(method="mae", compile=True), "MAE, --compile"),
 }
@@ -87,7 +89,7 @@ def run_one(name: str, seed: int, out: Path, work: Path, epochs: int, limit: int
     overrides, what = SETTINGS[name]
     run_dir = work / f"{name}-s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = dataclasses.replace(PROTOCOL, **overrides, seed=seed, epochs=epochs, out_dir=str(run_dir))
+    cfg = dataclasses.replace(PROTOCOL, **{"epochs": epochs, **overrides}, seed=seed, out_dir=str(run_dir))
     if limit is not None:
         cfg = dataclasses.replace(cfg, limit=limit)
     points: list[dict] = []

@@ -12,7 +12,8 @@ teacher runs both decoders, per-sample selection loop, eager losses) and the tra
 ``forward_step`` + backward + AdamW + EMA as ``hpm_pretrain.train.pretrain`` runs it: ``hpm``
 (the official recipe), ``lossonly-d0`` (loss-only, predictor depth 0), ``mae``, each also
 ``+compile`` (``--compile``: the student and the teacher's hardness pass under torch.compile; the
-first step, which compiles, is reported apart and not in the median). Hard ratio 0.5 (the end of
+first step, which compiles, is reported apart and not in the median; inductor's cache starts
+empty, as on a user's first run). Hard ratio 0.5 (the end of
 HPM's ramp: the teacher runs), norm-pix on, fp32, random images (the data path is not timed).
 CPU: ``torch.set_num_threads`` = the usable cores. Results: JSON under benchmarks/results/
 (``--json``), ``--report`` renders every such JSON into RESULTS.md between the step-ratio markers.
@@ -28,8 +29,12 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+# A cold compile, as a user's first run has: inductor's on-disk cache starts empty in this process.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="hpm-trainer-step-inductor-"))
 
 import numpy as np
 import torch
