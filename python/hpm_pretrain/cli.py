@@ -51,7 +51,9 @@ HELP = {
     "per-item torchvision for folders) | batched | per-item",
     "num_workers": "DataLoader workers of the per-item path (default: 0 on CPU, where the model needs the cores; "
     "up to 8 per GPU)",
-    "compile": "torch.compile the student and the teacher's hardness pass",
+    "compile": "torch.compile the student and the teacher's hardness pass. Off by default: on 2 CPU cores it made "
+    "the step 4-8%% faster after a 60-120 s first compile (benchmarks/RESULTS.md), no gain over a run of minutes; "
+    "not yet measured on a GPU",
 }
 
 
