@@ -154,8 +154,14 @@ def report_lines(results: dict[str, list[dict]], target: float, budget: float) -
     any_run = next(iter(results.values()))[0]
     dates = ", ".join(sorted({r["date"] for rs in results.values() for r in rs}))
     lines = [
-        f"Machine: {any_run['machine']}; torch {any_run['torch']}; data-loader workers 0; one run at a time. "
-        f"Command: `python benchmarks/time_to_accuracy.py` then `--report` ({dates}).",
+        f"Machine: {any_run['machine']}; torch {any_run['torch']}; data-loader workers 0; one run at a time ({dates}). "
+        "Commands (each run's JSON under results/tta/ records its own): "
+        + "; ".join(
+            sorted(
+                {f"`python benchmarks/{r['command'].removeprefix('python benchmarks/')}`" for rs in results.values() for r in rs}
+            )
+        )
+        + "; then `python benchmarks/time_to_accuracy.py --report`.",
         "",
         f"Goal (issue 12): kNN >= {target:g} % within {budget:g} s of training. One row per evaluated epoch end "
         "(mean ± sd over seeds): training wall time so far (data, model, compile, steps, checkpoints; evaluation "

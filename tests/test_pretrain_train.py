@@ -214,7 +214,7 @@ def fmnist_dir(tmp_path_factory) -> Path:
 
 
 def _fm_cfg(root: Path, out: Path, **kw) -> train.PretrainConfig:
-    return _cfg(root, out, **{"data": "fashion-mnist", "img_size": 16, "img_width": None, **kw})
+    return _cfg(root, out, **{"data": "fashion-mnist", "img_size": 24, "img_width": None, **kw})
 
 
 def test_in_memory_datasets_take_the_batched_augmentation(fmnist_dir, image_folder, tmp_path):
@@ -223,6 +223,12 @@ def test_in_memory_datasets_take_the_batched_augmentation(fmnist_dir, image_fold
     pipe = train.data_pipeline(cfg, ds, torch.device("cpu"))
     assert isinstance(pipe, train.BatchedAugmentation) and pipe.images.shape == (48, 1, 20, 20)
     assert train.data_pipeline(dataclasses.replace(cfg, augmentation="per-item"), ds, torch.device("cpu")) is None
+    small = dataclasses.replace(cfg, img_size=16)  # 20 px images downscaled: auto keeps PIL's antialiased path
+    assert train.data_pipeline(small, ds, torch.device("cpu")) is None
+    assert isinstance(
+        train.data_pipeline(dataclasses.replace(small, augmentation="batched"), ds, torch.device("cpu")),
+        train.BatchedAugmentation,
+    )
     folder = _cfg(image_folder, tmp_path)  # mixed sizes: per-item, and "batched" says why it cannot
     fds = train.build_dataset(train.train_data_config(folder))
     assert train.data_pipeline(folder, fds, torch.device("cpu")) is None
@@ -231,7 +237,7 @@ def test_in_memory_datasets_take_the_batched_augmentation(fmnist_dir, image_fold
     # One batch: normalised crops of the right shape, the same for an image whatever the batch.
     sampler = train.EpochOrder(len(ds), 8, cfg.seed, 0, 0, 0, 1)
     imgs, skipped = next(pipe.epoch(sampler))
-    assert imgs.shape == (8, 1, 16, 16) and imgs.dtype == torch.float32 and skipped == 0
+    assert imgs.shape == (8, 1, 24, 24) and imgs.dtype == torch.float32 and skipped == 0
     first = sampler.batch_indices()[0]
     again = hk_random_resized_crop(pipe, first[2:3], cfg.seed)
     assert torch.equal(again[0], imgs[2])

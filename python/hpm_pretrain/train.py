@@ -220,12 +220,20 @@ class BatchedAugmentation:
 
 
 def data_pipeline(cfg: PretrainConfig, dataset: Dataset, device: torch.device) -> BatchedAugmentation | None:
-    """The batched augmentation when ``cfg.augmentation`` asks for it (or "auto" and the dataset
-    is held in memory: Fashion-MNIST, ELPV after one decode); None: the per-item DataLoader path
-    (torchvision on PIL images, per-item seeding), kept for folders of large images."""
+    """The batched augmentation when ``cfg.augmentation`` is "batched", or "auto" on Fashion-MNIST
+    (in memory) when no crop is downscaled; None: the per-item DataLoader path (torchvision on PIL
+    images, per-item seeding). "auto" keeps the per-item path wherever crops shrink (ELPV's 300 px
+    cells to 64 px, folders of large images): PIL's bicubic antialiases when downscaling and the
+    op's plain bicubic does not, and what that does to accuracy is not measured yet. "batched"
+    takes any dataset whose images decode to one size (ELPV after one decode of every cell)."""
     if cfg.augmentation == "per-item":
         return None
-    images = in_memory_images(dataset) if cfg.augmentation == "batched" or cfg.data != "folder" else None
+    if cfg.augmentation == "batched":
+        images = in_memory_images(dataset)
+    else:
+        images = in_memory_images(dataset) if cfg.data == "fashion-mnist" else None
+        if images is not None and (images.shape[2] > cfg.image_shape[0] or images.shape[3] > cfg.image_shape[1]):
+            return None
     if images is None:
         if cfg.augmentation == "batched":
             raise ValueError(
