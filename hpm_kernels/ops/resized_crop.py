@@ -204,10 +204,10 @@ def random_resized_crop(
     """:func:`hpm_kernels.random_resized_crop_params` + :func:`resized_crop` for images ``index``
     (N,) int64 of a dataset ``images`` (B, C, H, W) held in memory (e.g. on the GPU).
 
-    The parameters are computed on the host from ``index.cpu()``: one small read of the batch's
-    indices (a device-to-host copy of N int64 when ``index`` is on a GPU; a data loader has them on
-    the host anyway), then the boxes and flips are copied to ``images``' device. Row n depends only
-    on (seed, epoch, index[n]). Returns (N, C, Ho, Wo) float32.
+    The parameters are computed on the host from ``index.cpu()``: pass ``index`` on the host (a
+    data loader has it there) and no device-to-host copy happens; an index on ``images``' device
+    costs one small read. The index, boxes and flips are then copied to ``images``' device. Row n
+    depends only on (seed, epoch, index[n]). Returns (N, C, Ho, Wo) float32.
     """
     _check_images(images)
     _check_1d("index", index, torch.int64, None, "(N,) int64")
@@ -217,12 +217,12 @@ def random_resized_crop(
     device = images.device
     return resized_crop(
         images,
-        boxes.to(device),
-        flip.to(device),
+        boxes.to(device, non_blocking=True),
+        flip.to(device, non_blocking=True),
         size,
         mean,
         std,
-        index=index,
+        index=index.to(device, non_blocking=True),
         interpolation=interpolation,
         backend=backend,
     )

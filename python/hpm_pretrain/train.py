@@ -204,19 +204,8 @@ class BatchedAugmentation:
         self.size, self.mean, self.std, self.seed = size, list(mean), list(std), seed
 
     def epoch(self, sampler: EpochOrder) -> Iterator[tuple[torch.Tensor, int]]:
-        device, (H, W) = self.images.device, self.images.shape[2:]
-        for index in sampler.batch_indices():  # on the host, where the boxes are drawn
-            boxes, flip = hk.random_resized_crop_params(self.seed, sampler.epoch, index, (H, W))
-            imgs = hk.resized_crop(
-                self.images,
-                boxes.to(device, non_blocking=True),
-                flip.to(device, non_blocking=True),
-                self.size,
-                self.mean,
-                self.std,
-                index=index.to(device, non_blocking=True),
-            )
-            yield imgs, 0
+        for index in sampler.batch_indices():  # on the host: no device read to draw the boxes
+            yield hk.random_resized_crop(self.images, index, self.seed, sampler.epoch, self.size, self.mean, self.std), 0
 
 
 def data_pipeline(cfg: PretrainConfig, dataset: Dataset, device: torch.device) -> BatchedAugmentation | None:
@@ -226,20 +215,17 @@ def data_pipeline(cfg: PretrainConfig, dataset: Dataset, device: torch.device) -
     cells to 64 px, folders of large images): PIL's bicubic antialiases when downscaling and the
     op's plain bicubic does not, and what that does to accuracy is not measured yet. "batched"
     takes any dataset whose images decode to one size (ELPV after one decode of every cell)."""
-    if cfg.augmentation == "per-item":
+    if cfg.augmentation == "per-item" or (cfg.augmentation == "auto" and cfg.data != "fashion-mnist"):
         return None
-    if cfg.augmentation == "batched":
-        images = in_memory_images(dataset)
-    else:
-        images = in_memory_images(dataset) if cfg.data == "fashion-mnist" else None
-        if images is not None and (images.shape[2] > cfg.image_shape[0] or images.shape[3] > cfg.image_shape[1]):
-            return None
+    images = in_memory_images(dataset)
     if images is None:
-        if cfg.augmentation == "batched":
-            raise ValueError(
-                "--augmentation batched needs a dataset whose images all have one size and decode "
-                f"(fashion-mnist, elpv, or a folder of same-size images); {cfg.data!r} does not: use per-item or auto"
-            )
+        if cfg.augmentation == "auto":
+            return None
+        raise ValueError(
+            "--augmentation batched needs a dataset whose images all have one size and decode "
+            f"(fashion-mnist, elpv, or a folder of same-size images); {cfg.data!r} does not: use per-item or auto"
+        )
+    if cfg.augmentation == "auto" and (images.shape[2] > cfg.image_shape[0] or images.shape[3] > cfg.image_shape[1]):
         return None
     dcfg = train_data_config(cfg)
     mean, std = normalisation(dcfg)
