@@ -40,33 +40,12 @@ from report import write_section
 
 from hpm_pretrain.evaluate import evaluate
 from hpm_pretrain.machine import cpu_model
-from hpm_pretrain.train import PretrainConfig, pretrain
+from hpm_pretrain.protocols import FASHION_MNIST_TINY6
+from hpm_pretrain.train import pretrain
 
 HERE = Path(__file__).resolve().parent
 
-PROTOCOL = PretrainConfig(
-    data="fashion-mnist",
-    img_size=32,
-    in_chans=1,
-    patch_size=4,
-    limit=20_000,
-    preset="tiny",
-    embed_dim=192,
-    depth=6,
-    num_heads=3,
-    decoder_embed_dim=128,
-    decoder_depth=2,
-    decoder_num_heads=4,
-    norm_pix=True,
-    batch_size=256,
-    blr=1.5e-4,
-    warmup_epochs=1,
-    epochs=4,
-    num_workers=0,
-    log_every=10,
-    progress=False,
-    device="cpu",
-)
+PROTOCOL = FASHION_MNIST_TINY6  # hpm_pretrain/protocols.py: the study shares it
 
 # name -> (overrides of PROTOCOL, what it is). "per-item" is the trainer's data path before the
 # batched augmentation op; "d0" a loss predictor of depth 0 (a head on the reconstruction decoder);

@@ -21,9 +21,13 @@ from hpm_pretrain.visualize import (
     COLUMNS,
     HEADER,
     PAD,
+    _normalise_rows,
+    _patch_map,
     colormap,
     denormalise_patches,
     grid_size,
+    hardness_spearman,
+    position_prior,
     render,
     tile_scale,
 )
@@ -71,7 +75,7 @@ def test_cli_writes_png_grid(rgb_hpm, tmp_path, capsys):
     assert img.format == "PNG" and img.mode == "RGB"
     s = tile_scale((32, 48))
     assert s == 4
-    assert img.size == grid_size(3, (32, 48)) == (5 * 48 * s + 6 * PAD, HEADER + 3 * 32 * s + 4 * PAD)
+    assert img.size == grid_size(3, (32, 48)) == (6 * 48 * s + 7 * PAD, HEADER + 3 * 32 * s + 4 * PAD)
     a = np.asarray(img)
     # every tile is drawn: its centre is not the background; the padding between tiles is
     h, w = 32 * s, 48 * s
@@ -99,11 +103,12 @@ def test_panels_semantics(rgb_hpm):
     M = L - int(L * (1 - run.cfg.mask_ratio))
     assert summary["num_masked"] == M and summary["num_hard"] == int(M * 0.5)
     assert summary["scores_from"] == "teacher" and -1 <= summary["spearman"] <= 1
+    assert summary["spearman"] == summary["spearman_teacher"] and -1 <= summary["spearman_student"] <= 1
     # the same selection as the trainer's: hard = the teacher's top scores
     scores = run.teacher.hardness(imgs)
     sel = hk.select_patches(scores, noise, run.cfg.mask_ratio, 0.5)
     masked = sel.mask.numpy().reshape(N, *mc.grid)
-    inp, over, rec, _, loss = panels
+    inp, over, rec, _, _, loss = panels
     hard_ids = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : summary["num_hard"]]
     for n in range(N):
         for idx in range(L):
@@ -119,6 +124,46 @@ def test_panels_semantics(rgb_hpm):
                 assert np.abs(over[win].astype(int) - 128).max() <= 70
 
 
+def test_student_column_and_hardness_spearman(rgb_hpm):
+    """The student column pictures the student's own full-image hardness; hardness_spearman is the
+    mean per-image rank correlation of each map with the actual loss under random masks (scipy)."""
+    from scipy.stats import spearmanr
+
+    run = load_run(rgb_hpm)
+    mc = run.model.cfg
+    g = torch.Generator().manual_seed(5)
+    imgs = torch.randn(3, 3, *mc.img_size, generator=g)
+    noise = torch.rand(3, mc.num_patches, generator=g)
+    panels, _ = render(run, imgs, noise, hard_ratio=0.0)
+    with torch.no_grad():
+        student = run.model.hardness(imgs).double().numpy()
+    want = colormap(_patch_map(_normalise_rows(student), mc.grid, mc.patch_size))
+    assert np.array_equal(panels[4], want) and not np.array_equal(panels[3], panels[4])
+    rho = hardness_spearman(run, imgs, noise)
+    sel = hk.select_patches(noise, noise, run.cfg.mask_ratio, 0.0)
+    with torch.no_grad():
+        pixels, _ = run.model(imgs, sel)
+        _, loss = hk.patch_mse_loss(pixels, imgs, mc.patch_size, sel.ids_mask, run.cfg.norm_pix)
+        for who, net in (("teacher", run.teacher), ("student", run.model)):
+            pred = net.hardness(imgs).gather(1, sel.ids_mask)
+            want = np.mean([spearmanr(pred[n].numpy(), loss[n].numpy()).statistic for n in range(3)])
+            assert rho[who] == pytest.approx(want, abs=1e-5)
+    assert -1 <= rho["position"] <= 1
+
+
+def test_position_prior_is_the_leave_one_out_mean_at_each_position():
+    g = torch.Generator().manual_seed(0)
+    N, L, M = 5, 9, 4
+    ids_mask = torch.stack([torch.randperm(L, generator=g)[:M] for _ in range(N)])
+    loss = torch.rand(N, M, generator=g, dtype=torch.float64)
+    got = position_prior(loss, ids_mask, L)
+    for n in range(N):
+        for m in range(M):
+            pos = int(ids_mask[n, m])
+            others = [float(loss[k, j]) for k in range(N) if k != n for j in range(M) if int(ids_mask[k, j]) == pos]
+            assert float(got[n, m]) == pytest.approx(sum(others) / len(others) if others else 0.0)
+
+
 def test_mae_run_without_predictor(tmp_path):
     folder = _folder(tmp_path / "img", 4, "L")
     path = _checkpoint(
@@ -131,7 +176,7 @@ def test_mae_run_without_predictor(tmp_path):
     run = load_run(path)
     panels, summary = render(run, torch.randn(2, 1, 16, 16), torch.rand(2, 16), hard_ratio=0.5)
     assert summary["num_hard"] == 0 and summary["scores_from"] is None and summary["spearman"] is None
-    assert (panels[3] == np.array(BLANK, dtype=np.uint8)).all()
+    assert (panels[3] == np.array(BLANK, dtype=np.uint8)).all() and (panels[4] == np.array(BLANK, dtype=np.uint8)).all()
 
 
 def test_norm_pix_reconstruction_is_unnormalised():

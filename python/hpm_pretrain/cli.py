@@ -31,6 +31,8 @@ HELP = {
     "predictor_depth": "loss-predictor decoder depth (default: the reconstruction decoder's, as the official code); "
     "0: no second decoder, a head on the reconstruction decoder's last tokens (cheapest)",
     "predictor_head": "patch (P-wide head then a mean, official) | scalar (1-wide)",
+    "predictor_stop_grad": "ablation: detach the loss predictor's input, so its objective trains the predictor only, "
+    "never the encoder (hpm, lossonly)",
     "method": "hpm | mae | lossonly",
     "pred_loss": "relative (pairwise ranking, the paper's) | absolute (z-scored MSE ablation)",
     "hard_ratio_max": "final fraction of masked patches chosen as hard (easy-to-hard ramps to it)",

@@ -37,6 +37,9 @@ class ModelConfig:
     # reconstruction decoder's last hidden states (its own LayerNorm, then the head).
     predictor_depth: int | None = None
     predictor_head: str = "patch"  # "patch": a P-wide head then a mean (official); "scalar": 1-wide
+    # Ablation: detach the predictor's input, so the loss-prediction objective trains the predictor
+    # only and never reaches the encoder (nor the shared decoder embedding / reconstruction decoder).
+    predictor_stop_grad: bool = False
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -205,7 +208,8 @@ class HPMViT(nn.Module):
         pixels = self.pixels(hidden, M)
         scores = None
         if self.cfg.predictor:
-            scores = self.predict_loss(hidden if self.predictor_depth == 0 else x, x.shape[1] - M)
+            source = hidden if self.predictor_depth == 0 else x
+            scores = self.predict_loss(source.detach() if self.cfg.predictor_stop_grad else source, x.shape[1] - M)
         return pixels, scores
 
     @torch.no_grad()

@@ -1,9 +1,11 @@
 """The HPM quality study (docs/QUALITY.md): HPM vs MAE vs loss-only on Fashion-MNIST and ELPV.
 
-    python -m hpm_pretrain.study                 # every run, resumable; results in docs/quality/
-    python -m hpm_pretrain.study --jobs 2        # two runs at a time, one thread each
-    python -m hpm_pretrain.study --only fmnist   # one group: fmnist | elpv | fmnist-equal-time | fmnist-depth1
-    python -m hpm_pretrain.study --report        # only rewrite docs/quality/results.md from the finished runs
+    python -m hpm_pretrain.study --jobs 2        # the fair study (fair_study.py), resumable; docs/quality/fair/
+    python -m hpm_pretrain.study --report        # only rewrite its results.md and plots from the finished runs
+    python -m hpm_pretrain.study --protocol small --jobs 2   # the first study (micro encoder, one blr); docs/quality/
+
+This module holds the machinery both share (one run, its evaluation, the ELPV hardness check) and
+the first study's protocol; ``fair_study.py`` the fair one's.
 
 Each run trains with the reference trainer and the fused ops (``--ops fused``), in segments (a
 quarter of its optimizer steps each, through ``stop_after`` + ``resume``: the same run, checkpointed
@@ -38,7 +40,7 @@ from .demo import heldout_spearman
 from .evaluate import evaluate
 from .export import load_run
 from .machine import cpu_model
-from .train import PretrainConfig, pretrain, train_data_config
+from .train import PretrainConfig, optimizer_steps_per_epoch, pretrain
 from .visualize import compose, render, tile_scale
 
 log = logging.getLogger("hpm_pretrain.study")
@@ -77,6 +79,7 @@ class RunSpec:
     name: str
     group: str
     cfg: PretrainConfig
+    evaluate_kwargs: tuple[tuple[str, object], ...] = ()  # e.g. (("limit_train", 0),): every train image
 
 
 def base_runs() -> list[RunSpec]:
@@ -140,11 +143,6 @@ def control_runs() -> list[RunSpec]:
 
 
 # -- one run ------------------------------------------------------------------------------------
-def _steps_per_epoch(cfg: PretrainConfig) -> int:
-    """Optimizer steps per epoch of ``pretrain`` in one process."""
-    return len(build_dataset(train_data_config(cfg))) // cfg.batch_size // cfg.accum_steps
-
-
 def run_one(spec: RunSpec, out: Path, work: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     if spec.group.endswith("random-init"):
@@ -152,19 +150,20 @@ def run_one(spec: RunSpec, out: Path, work: Path, threads: int) -> dict:
     run_dir = work / spec.name
     progress_file = run_dir / "study_progress.json"
     cfg = dataclasses.replace(spec.cfg, out_dir=str(run_dir))
-    total = _steps_per_epoch(cfg) * cfg.epochs
+    total = optimizer_steps_per_epoch(cfg) * cfg.epochs
     done = json.loads(progress_file.read_text()) if progress_file.exists() else dict(segments=[], wall_s=0.0)
     for k in range(len(done["segments"]), SEGMENTS):
         stop = math.ceil(total * (k + 1) / SEGMENTS)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = pretrain(dataclasses.replace(cfg, stop_after=stop, resume=k > 0))
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         ckpt = Path(summary["checkpoint"])
-        seg = dict(opt_step=summary["position"]["opt_step"], wall_s=wall, last=summary["last"])
+        seg = dict(opt_step=summary["position"]["opt_step"], wall_s=wall, cpu_s=cpu, last=summary["last"])
         if cfg.method != "mae":
             seg["heldout_spearman"] = heldout_spearman(ckpt)
         done["segments"].append(seg)
         done["wall_s"] += wall
+        done["cpu_s"] = done.get("cpu_s", 0.0) + cpu
         progress_file.write_text(json.dumps(done, indent=1))  # after the checkpoint: resume starts at k + 1
         log.info("%s: segment %d/%d, step %d, %.0f s", spec.name, k + 1, SEGMENTS, seg["opt_step"], wall)
     ckpt = run_dir / "checkpoint.pt"
@@ -176,12 +175,14 @@ def run_one(spec: RunSpec, out: Path, work: Path, threads: int) -> dict:
         opt_steps=total,
         images_seen=images,
         wall_s=done["wall_s"],
+        cpu_s=done.get("cpu_s"),  # process CPU time: with one thread, the run's one-core time even on a busy machine
         images_per_s=images / done["wall_s"],
         threads=threads,
+        machine=f"{cpu_model()}, {os.cpu_count()} cores",
         spearman_curve=[(s["opt_step"], s.get("heldout_spearman")) for s in done["segments"]],
         final_train_metrics=done["segments"][-1]["last"],
     )
-    result["eval"] = evaluate(ckpt, num_workers=0, device="cpu")
+    result["eval"] = evaluate(ckpt, num_workers=0, device="cpu", **dict(spec.evaluate_kwargs))
     if cfg.data == "elpv" and cfg.method == "hpm":
         result["hardness"] = elpv_hardness(ckpt)
         result["png"] = str(defect_examples(ckpt, out / f"{spec.name}-defective.png"))
@@ -203,7 +204,7 @@ def run_random_init(spec: RunSpec, out: Path, work: Path) -> dict:
         images_per_s=0.0,
         threads=torch.get_num_threads(),
         spearman_curve=[],
-        eval=evaluate(run_dir / "checkpoint.pt", num_workers=0, device="cpu"),
+        eval=evaluate(run_dir / "checkpoint.pt", num_workers=0, device="cpu", **dict(spec.evaluate_kwargs)),
     )
     return _save_result(out, spec.name, result)
 
@@ -301,6 +302,21 @@ def defect_examples(checkpoint: Path, png: Path, num_images: int = 6, seed: int 
     return png
 
 
+def hardness_table(runs: list[dict]) -> list[str]:
+    """Markdown rows of ``elpv_hardness`` for runs that have it, then the dark rule."""
+    lines = [
+        "| run | image AUROC, mean hardness | image AUROC, dark fraction | patch AUROC dark vs rest, defective cells | same, clean cells |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in sorted(runs, key=lambda r: r["name"]):
+        h = r["hardness"]
+        lines.append(
+            f"| {r['name']} | {h['image_auroc_mean_hardness']:.3f} | {h['image_auroc_dark_fraction']:.3f} | "
+            f"{h['patch_auroc_dark_defective'] or float('nan'):.3f} | {h['patch_auroc_dark_clean'] or float('nan'):.3f} |"
+        )
+    return [*lines, "", f"Dark rule: {runs[0]['hardness']['dark_rule']}."]
+
+
 # -- orchestration --------------------------------------------------------------------------------
 def load_results(out: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))}
@@ -384,21 +400,8 @@ def write_report(out: Path) -> Path:
         )
     hard = [r for r in results.values() if "hardness" in r]
     if hard:
-        lines += [
-            "",
-            "## ELPV: does the teacher's predicted hardness concentrate on defects? (HPM runs, held-out cells)",
-            "",
-            "| run | image AUROC, mean hardness | image AUROC, dark fraction | patch AUROC dark vs rest, defective cells | same, clean cells |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for r in sorted(hard, key=lambda r: r["name"]):
-            h = r["hardness"]
-            lines.append(
-                f"| {r['name']} | {h['image_auroc_mean_hardness']:.3f} | {h['image_auroc_dark_fraction']:.3f} | "
-                f"{h['patch_auroc_dark_defective'] or float('nan'):.3f} | {h['patch_auroc_dark_clean'] or float('nan'):.3f} |"
-            )
-        lines.append("")
-        lines.append(f"Dark rule: {hard[0]['hardness']['dark_rule']}.")
+        lines += ["", "## ELPV: does the teacher's predicted hardness concentrate on defects? (HPM runs, held-out cells)", ""]
+        lines += hardness_table(hard)
     path = out / "results.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -408,28 +411,50 @@ def write_report(out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpm_pretrain.study", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--out", type=Path, default=Path("docs/quality"), help="results (committed): runs/*.json, results.md, PNGs"
+        "--protocol",
+        choices=("fair", "small"),
+        default="fair",
+        help="fair: each method at its best blr, 192-wide encoder (hpm_pretrain/fair_study.py; docs/quality/fair); "
+        "small: the first study, micro encoder at one blr (docs/quality)",
     )
-    parser.add_argument("--work", type=Path, default=Path("runs/quality"), help="checkpoints (not committed)")
+    parser.add_argument("--out", type=Path, default=None, help="results (committed): runs/*.json, results.md, PNGs")
+    parser.add_argument("--work", type=Path, default=None, help="checkpoints (not committed)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    parser.add_argument("--max-runs", type=int, default=None, help="fair: start at most this many runs, then stop")
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated groups: fmnist, elpv, fmnist-equal-time, fmnist-depth1, fmnist-random-init, elpv-random-init, elpv-fastema, fmnist-fastema",
+        help="comma-separated groups. fair: fmnist-sweep, fmnist-seeds, fmnist-random-init, fmnist-ablation, "
+        "fmnist-equal-compute, elpv-sweep, elpv-seeds, elpv-random-init. small: fmnist, elpv, fmnist-equal-time, "
+        "fmnist-depth1, fmnist-random-init, elpv-random-init, elpv-fastema, fmnist-fastema",
     )
     parser.add_argument("--report", action="store_true", help="only rewrite results.md from the finished runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    fair = args.protocol == "fair"
+    out = args.out or Path("docs/quality/fair" if fair else "docs/quality")
+    work = args.work or Path("runs/quality-fair" if fair else "runs/quality")
+    if fair:
+        from . import fair_study
+
+        report, run = fair_study.write_report, fair_study.run_all
+    else:
+        report, run = write_report, run_all
     if args.report:
-        print(write_report(args.out))
+        print(report(out))
         return 0
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.max_runs is not None and (not fair or args.max_runs < 1):
+        parser.error("--max-runs needs --protocol fair and a value >= 1")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     only = set(args.only.split(",")) if args.only else None
-    run_all(args.out, args.work, args.jobs, threads, only)
-    print(args.out / "results.md")
+    if fair:
+        run(out, work, args.jobs, threads, only, args.max_runs)
+    else:
+        run(out, work, args.jobs, threads, only)
+    print(out / "results.md")
     return 0
 
 

@@ -77,6 +77,7 @@ class PretrainConfig:
     decoder_num_heads: int | None = None
     predictor_depth: int | None = None
     predictor_head: str = "patch"
+    predictor_stop_grad: bool = False  # ablation: the loss-prediction objective does not train the encoder
     # method
     method: str = "hpm"
     pred_loss: str = "relative"
@@ -131,6 +132,8 @@ class PretrainConfig:
             raise ValueError(
                 f"`predictor_depth` must be >= 0 (0: a head on the reconstruction decoder), got {self.predictor_depth}"
             )
+        if self.predictor_stop_grad and self.method == "mae":
+            raise ValueError("`predictor_stop_grad` needs a loss predictor (method hpm or lossonly), got method 'mae'")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"`num_workers` must be >= 0, got {self.num_workers}")
 
@@ -377,6 +380,11 @@ def train_data_config(cfg: PretrainConfig) -> DataConfig:
     return DataConfig(cfg.data, cfg.data_path, cfg.image_shape, cfg.in_chans, "train", True, cfg.limit)
 
 
+def optimizer_steps_per_epoch(cfg: PretrainConfig) -> int:
+    """Optimizer steps per epoch of ``pretrain`` in one process (the batch tail is dropped)."""
+    return len(build_dataset(train_data_config(cfg))) // cfg.batch_size // cfg.accum_steps
+
+
 def build_model(cfg: PretrainConfig, ops: str | None = None) -> HPMViT:
     """The student architecture of a run (random init from the current torch seed)."""
     mcfg = model_config(
@@ -387,6 +395,7 @@ def build_model(cfg: PretrainConfig, ops: str | None = None) -> HPMViT:
         predictor=cfg.method != "mae",
         predictor_depth=cfg.predictor_depth,
         predictor_head=cfg.predictor_head,
+        predictor_stop_grad=cfg.predictor_stop_grad,
         **{k: getattr(cfg, k) for k in ARCHITECTURE_FIELDS if getattr(cfg, k) is not None},
     )
     return HPMViT(mcfg, ops or cfg.ops)

@@ -1,6 +1,6 @@
 """Write a PNG grid: input, chosen mask, reconstruction, predicted hardness and actual loss per image.
 
-One row per image, five columns:
+One row per image, six columns:
 
 1. **input** - the image (eval transform: cover-resize + centre crop), un-normalised to [0, 1];
 2. **mask** - HPM's selection at the run's final hard ratio (``hard_ratio_max`` for ``hpm``, 0 for
@@ -9,11 +9,20 @@ One row per image, five columns:
 3. **reconstruction** - visible patches from the input, masked patches from the student's decoder
    (with ``norm_pix`` runs, each predicted patch is un-normalised with its target patch's mean and
    variance, as MAE's visualisation does);
-4. **hardness** - the teacher's predicted per-patch loss on the full image (the student's predictor
-   for ``lossonly``; blank for ``mae``, which has none), colour-mapped per image (viridis-like:
-   dark = easy, yellow = hard);
-5. **loss** - the student's actual per-patch reconstruction loss (``patch_mse_loss``) at the masked
+4. **teacher hardness** - the EMA teacher's predicted per-patch loss on the full image, what HPM
+   selects by (``hpm`` only; blank otherwise), colour-mapped per image (viridis-like: dark = easy,
+   yellow = hard);
+5. **student hardness** - the same query to the student's own loss predictor (``hpm`` and
+   ``lossonly``; blank for ``mae``). After a short run the teacher, an EMA with decay 0.999 or
+   more per step, is still mostly its random initialisation, while the student's predictor has
+   learnt: this column shows what the teacher will come to predict;
+6. **loss** - the student's actual per-patch reconstruction loss (``patch_mse_loss``) at the masked
    patches, same colour map per image; visible patches (no loss) are flat dark grey.
+
+The summary gives, for each hardness column, its Spearman correlation with the actual loss over
+the pictured masked patches (``spearman_teacher``, ``spearman_student``; ``spearman`` is the
+selecting scorer's: the teacher's, else the student's). ``hardness_spearman`` measures the same on
+any batch (the demo: 256 held-out images), with the position-only baseline (``position_prior``).
 
 Small images are upscaled (nearest) so each tile is at least ~112 pixels on its short side.
 Drawn with PIL only. Prints the PNG path.
@@ -39,7 +48,7 @@ from .train import spearman
 
 log = logging.getLogger("hpm_pretrain.visualize")
 
-COLUMNS = ("input", "mask", "reconstruction", "hardness (pred.)", "loss (actual)")
+COLUMNS = ("input", "mask", "reconstruction", "teacher hardness", "student hardness", "loss (actual)")
 PAD = 4  # pixels between tiles and around the grid
 HEADER = 16  # height of the column-title strip
 MIN_TILE = 112  # upscale tiles so their short side is at least this
@@ -118,17 +127,56 @@ def denormalise_patches(pred: torch.Tensor, target: torch.Tensor, eps: float = 1
 
 
 @torch.no_grad()
+def _hardness_maps(run: Run, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Full-image predicted hardness (N, L) of the teacher and of the student's predictor, where present."""
+    maps = {}
+    if run.teacher is not None:
+        maps["teacher"] = run.teacher.hardness(imgs).float()
+    if run.model.cfg.predictor:
+        maps["student"] = run.model.hardness(imgs).float()
+    return maps
+
+
+@torch.no_grad()
+def hardness_spearman(run: Run, imgs: torch.Tensor, noise: torch.Tensor) -> dict[str, float]:
+    """Spearman correlation of each full-image hardness map (teacher, student) with the student's
+    actual per-patch loss at the patches masked by ``noise`` (random masking), over the batch."""
+    device = next(run.model.parameters()).device
+    imgs, noise = imgs.to(device), noise.to(device)
+    model, cfg = run.model, run.cfg
+    sel = model.ops.select_patches(noise, noise, cfg.mask_ratio, 0.0)
+    pixels, _ = model(imgs, sel)
+    _, per_patch = model.ops.patch_mse_loss(pixels, imgs, model.cfg.patch_size, sel.ids_mask, cfg.norm_pix)
+    rho = {who: spearman(scores.gather(1, sel.ids_mask), per_patch) for who, scores in _hardness_maps(run, imgs).items()}
+    rho["position"] = spearman(position_prior(per_patch.float(), sel.ids_mask, model.cfg.num_patches), per_patch)
+    return rho
+
+
+def position_prior(per_patch: torch.Tensor, ids_mask: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """The baseline a hardness predictor must beat: for each image's masked patches (N, M), the mean
+    loss at the same patch position over the *other* images where it was masked (leave-one-out;
+    0 where no other image masked it). Loss at cell edges and corners is high on average, so a
+    predictor can rank well by position alone."""
+    N = per_patch.shape[0]
+    sums = torch.zeros(N, num_patches, dtype=per_patch.dtype, device=per_patch.device).scatter_(1, ids_mask, per_patch)
+    counts = torch.zeros_like(sums).scatter_(1, ids_mask, 1.0)
+    others_sum = (sums.sum(0, keepdim=True) - sums).gather(1, ids_mask)
+    others_count = (counts.sum(0, keepdim=True) - counts).gather(1, ids_mask)
+    return torch.where(others_count > 0, others_sum / others_count.clamp_min(1), torch.zeros_like(others_sum))
+
+
 def render(run: Run, imgs: torch.Tensor, noise: torch.Tensor, hard_ratio: float) -> tuple[list[np.ndarray], dict]:
-    """The five panels for a batch of normalised images: a list of (N, H, W, 3) uint8 arrays, and
-    a summary (selection counts, Spearman between predicted hardness and actual loss)."""
+    """The six panels for a batch of normalised images: a list of (N, H, W, 3) uint8 arrays, and
+    a summary (selection counts, Spearman between each predicted hardness and the actual loss)."""
     model, cfg = run.model, run.cfg
     mc = model.cfg
     p, grid, (H, W) = mc.patch_size, mc.grid, mc.img_size
     device = next(model.parameters()).device
     imgs, noise = imgs.to(device), noise.to(device)
     N, L = imgs.shape[0], mc.num_patches
-    scorer = run.teacher if run.teacher is not None else (model if mc.predictor else None)
-    scores = scorer.hardness(imgs).float() if scorer is not None else None
+    maps = _hardness_maps(run, imgs)
+    scores_from = "teacher" if "teacher" in maps else ("student predictor" if "student" in maps else None)
+    scores = maps.get("teacher", maps.get("student"))
     _, num_hard = hk.mask_counts(L, cfg.mask_ratio, hard_ratio)
     if scores is None:
         num_hard = 0
@@ -159,10 +207,11 @@ def render(run: Run, imgs: torch.Tensor, noise: torch.Tensor, hard_ratio: float)
     over = np.where(hard_px, 0.45 * inp + 0.55 * HARD_TINT, inp)
     over = np.where(rand_px, 0.25 * inp + 0.75 * RANDOM_TINT, over)
 
-    if scores is not None:
-        hardness = colormap(_patch_map(_normalise_rows(scores.cpu().double().numpy()), grid, p))
-    else:
-        hardness = np.full((N, H, W, 3), BLANK, dtype=np.uint8)
+    def hardness_panel(who: str) -> np.ndarray:
+        if who not in maps:
+            return np.full((N, H, W, 3), BLANK, dtype=np.uint8)
+        return colormap(_patch_map(_normalise_rows(maps[who].cpu().double().numpy()), grid, p))
+
     loss = np.zeros((N, L))
     loss[np.arange(N)[:, None], sel.ids_mask.cpu().numpy()] = per_patch.float().cpu().numpy()
     loss_rgb = colormap(_patch_map(_normalise_rows(loss, masked), grid, p))
@@ -171,18 +220,19 @@ def render(run: Run, imgs: torch.Tensor, noise: torch.Tensor, hard_ratio: float)
     def u8(x):
         return np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
 
+    rho = {who: spearman(m.gather(1, sel.ids_mask), per_patch) for who, m in maps.items()}
     summary = dict(
         images=N,
         hard_ratio=hard_ratio if num_hard else 0.0,
         num_masked=int(sel.ids_mask.shape[1]),
         num_hard=int(num_hard),
-        scores_from="teacher" if run.teacher is not None else ("student predictor" if scores is not None else None),
-        spearman=None,
+        scores_from=scores_from,
+        spearman=rho.get("teacher", rho.get("student")),
+        spearman_teacher=rho.get("teacher"),
+        spearman_student=rho.get("student"),
         mean_loss=float(per_patch.float().mean()),
     )
-    if scores is not None:
-        summary["spearman"] = spearman(scores.gather(1, sel.ids_mask), per_patch)
-    return [u8(inp), u8(over), u8(rec), hardness, loss_rgb], summary
+    return [u8(inp), u8(over), u8(rec), hardness_panel("teacher"), hardness_panel("student"), loss_rgb], summary
 
 
 def compose(panels: list[np.ndarray], scale: int) -> Image.Image:
