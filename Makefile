@@ -65,6 +65,12 @@ bench-tta: $(STAMP)
 	$(PY) benchmarks/time_to_accuracy.py --report
 	$(PY) benchmarks/trainer_step.py --report
 
+# patch_mae: unpatched vs patched training steps of MAE- and HPM-interface models, then the report.
+.PHONY: bench-integrations
+bench-integrations: $(STAMP)
+	$(PY) benchmarks/integrations_step.py
+	$(PY) benchmarks/integrations_step.py --report
+
 # Supported versions (never part of `make test`: ~15 minutes a row on 2 cores, downloads included).
 # Builds and tests a copy of the tree in .compat/<row>/ against the oldest supported torch and the
 # GPU machine's versions (tests/compat/compat.py), records each row in tests/compat/results/ and

@@ -24,11 +24,8 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
 import json
 import os
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,10 +35,10 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="hpm-tr
 
 import numpy as np
 import torch
+from interleave import interleave, record
 from official_step import OfficialOps, official_step
 from report import write_section
 
-from hpm_pretrain.machine import cpu_model
 from hpm_pretrain.model import HPMViT, model_config, param_groups
 from hpm_pretrain.train import PretrainConfig, compile_models, ema_update, forward_step
 
@@ -114,29 +111,8 @@ def measure(shape_name: str, variants: list[str], repeats: int, warmup: int, dev
         t0 = time.perf_counter()
         steps[v]()
         first[v] = time.perf_counter() - t0
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    for i in range(warmup + repeats):
-        for v, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times[v].append(time.perf_counter() - t0)
-    return dict(
-        shape=shape_name,
-        shape_info=dataclasses.asdict(shape),
-        median_s={v: statistics.median(t) for v, t in times.items()},
-        min_s={v: min(t) for v, t in times.items()},
-        max_s={v: max(t) for v, t in times.items()},
-        first_step_s=first,
-        repeats=repeats,
-        warmup=warmup,
-        machine=torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads",
-        torch=torch.__version__,
-        date=str(datetime.date.today()),
-        command=" ".join(["python benchmarks/trainer_step.py", *sys.argv[1:]]),
-    )
+    timings = interleave(steps, repeats, warmup, device)
+    return record(shape_name, shape, dict(**timings, first_step_s=first), repeats, warmup, device, "benchmarks/trainer_step.py")
 
 
 def report_lines(runs: list[dict]) -> list[str]:

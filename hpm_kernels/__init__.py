@@ -10,7 +10,7 @@ See README.md for the table of ops and backends.
 
 from __future__ import annotations
 
-from . import build_config, compiled, reference, triton_kernels
+from . import build_config, compiled, integrations, nn, reference, triton_kernels
 from .backends import (
     Backend,
     BackendInfo,
@@ -62,7 +62,9 @@ __all__ = [
     "backend",
     "build_info",
     "gather_tokens",
+    "integrations",
     "mask_counts",
+    "nn",
     "pairwise_ranking_loss",
     "patch_mse_loss",
     "patchify",
