@@ -42,7 +42,7 @@ PLAN=(
   "environment|10|nvidia-smi and a torch import"
   "install|150|ninja, one job per core, one arch: wall = the slowest file of each extension (csrc/cpu/patches.cpp 57 s, csrc/cuda/patches.cu 57 s on this project's EPYC cores, ninja log) plus links and pip"
   "cuda_tests|80|tests/test_cuda_backend.py: ~330 cases, mostly the Triton JIT compiles of the comparison kernels"
-  "gpu_tests|75|tests/test_triton_*.py on CUDA tensors in fp32/bf16/fp16; the Triton cache is warm from cuda_tests"
+  "gpu_tests|75|tests/test_triton_*.py on CUDA tensors in fp32/bf16/fp16 (test_triton_device_and_sync.py: a whole HPM step with zero host syncs, deterministic mode, the last GPU); the Triton cache is warm from cuda_tests"
   "memcheck|30|sanitize_cuda.py: one small call of each CUDA kernel under memcheck"
   "racecheck|30|the same under racecheck"
   "op_benchmarks|45|gpu_ops.py: 6 ops x 5 variants, do_bench 125 ms each, plus Triton JITs"

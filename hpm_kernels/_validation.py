@@ -3,8 +3,9 @@
 Every check raises ``TypeError`` (wrong kind or dtype), ``ValueError`` (wrong shape or value) or
 ``IndexError`` (index out of range) with a message that starts with the argument's name in
 backticks and says what was expected. Checks here look only at metadata (shape, dtype, device),
-so they cost nothing on the GPU and trace cleanly under ``torch.compile``; the one check that
-reads data, :func:`check_index_range`, runs inside the op at run time.
+so they cost nothing on the GPU and trace cleanly under ``torch.compile``; the checks that look at
+data (:func:`check_index_range`, :func:`check_box_range`) run inside the op at run time, reading
+the data on CPU and asserting on the device elsewhere (no host sync).
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ from .backends import FLOAT_DTYPES
 
 _FLOAT_NAMES = "float16, bfloat16, float32 or float64"
 
-#: Index-range checks read the index tensor (one device-to-host sync per call on CUDA).
-#: Turn them off with ``HPM_KERNELS_CHECK_INDICES=0`` when the indices are known to be valid,
-#: e.g. straight from :func:`hpm_kernels.select_patches`.
+#: Index-range (and crop-box) checks. On CPU tensors they read the indices and raise a clear
+#: ``IndexError`` / ``ValueError``; on other devices they never copy to the host: the check is a
+#: device-side assertion (``torch._assert_async``), as PyTorch's own index kernels do, which fails
+#: the next synchronising call with a device-side assert and the message below in the kernel log.
+#: ``HPM_KERNELS_CHECK_INDICES=0`` skips them (indices known valid, e.g. from ``select_patches``).
 CHECK_INDICES = os.environ.get("HPM_KERNELS_CHECK_INDICES", "1") != "0"
+
+
+def assert_on_device(ok: torch.Tensor, message: str) -> None:
+    """Fail (asynchronously on an accelerator, at once on CPU) unless the 0-d bool ``ok`` is True;
+    never reads ``ok`` on the host."""
+    torch._assert_async(ok, message)
 
 
 def check_float_tensor(name: str, t: object, ndim: int, dims: str) -> torch.Tensor:
@@ -102,10 +111,14 @@ def check_bool(name: str, value: object) -> bool:
 
 
 def check_index_range(name: str, ids: torch.Tensor, size: int) -> None:
-    """Raise ``IndexError`` unless every element of ``ids`` is in ``[0, size)``."""
+    """Raise ``IndexError`` unless every element of ``ids`` is in ``[0, size)`` (CPU tensors); on
+    other devices a device-side assertion, no host sync (see ``CHECK_INDICES``)."""
     if not CHECK_INDICES or ids.numel() == 0:
         return
     bad = (ids < 0) | (ids >= size)
+    if ids.device.type != "cpu":
+        assert_on_device(~bad.any(), f"`{name}` must hold indices in [0, {size})")
+        return
     if bool(bad.any()):
         value = int(ids[bad][0])
         raise IndexError(f"`{name}` must hold indices in [0, {size}), found {value}")
@@ -113,12 +126,15 @@ def check_index_range(name: str, ids: torch.Tensor, size: int) -> None:
 
 def check_box_range(name: str, boxes: torch.Tensor, H: int, W: int) -> None:
     """Raise ``ValueError`` unless every row (top, left, height, width) of ``boxes`` (N, 4) is a
-    non-empty box inside an H x W image. Reads the boxes (one device-to-host sync on CUDA), so it
-    runs inside the op at run time, like :func:`check_index_range`, and is skipped with it."""
+    non-empty box inside an H x W image. On CPU it reads the boxes; elsewhere it asserts on the
+    device (no host sync), like :func:`check_index_range`, and is skipped with it."""
     if not CHECK_INDICES or boxes.numel() == 0:
         return
     top, left, h, w = boxes.unbind(1)
     bad = (h < 1) | (w < 1) | (top < 0) | (left < 0) | (top > H - h) | (left > W - w)
+    if boxes.device.type != "cpu":
+        assert_on_device(~bad.any(), f"`{name}` rows (top, left, height, width) must be boxes inside the {H} x {W} image")
+        return
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
         raise ValueError(

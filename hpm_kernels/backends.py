@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -25,6 +26,10 @@ AUTO = "auto"
 ENV_VAR = "HPM_KERNELS_BACKEND"
 
 FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+#: The ``atomic_backward`` of the Triton and CUDA C++ backends: patchify with ids and gather_tokens
+#: scatter-add their gradient with float atomics (Triton ``tl.atomic_add``, CUDA
+#: ``patch_scatter_add_kernel`` / ``scatter_add_rows_kernel``).
+ATOMIC_BACKWARD = frozenset({"patchify", "patchify_backward", "gather_tokens", "gather_tokens_backward"})
 
 
 class BackendUnavailableError(RuntimeError):
@@ -54,6 +59,11 @@ class Backend:
     unavailable_reason: Callable[[], str | None] = lambda: None
     check: Callable[[str, torch.device, Sequence[torch.dtype], int], str | None] = lambda op, device, dtypes, row: None
     description: str = ""
+    #: Ops (forward and backward names) whose backward kernel accumulates with float atomics: the
+    #: low bits of the gradient vary from run to run. Under ``torch.use_deterministic_algorithms(True)``
+    #: "auto" skips this backend for them, and running it anyway (asked for by name) raises
+    #: PyTorch's non-determinism alert.
+    atomic_backward: frozenset[str] = frozenset()
 
     def row_limit(self, op: str) -> int | None:
         if isinstance(self.max_row, Mapping):
@@ -81,6 +91,10 @@ class Backend:
         """Like :meth:`refusal`, for a backend that ``"auto"`` considers."""
         if self.auto_devices is not None and device.type not in self.auto_devices:
             return f"is chosen automatically only for {sorted(self.auto_devices)} tensors (ask for it by name)"
+        if op in self.atomic_backward and torch.are_deterministic_algorithms_enabled():
+            return (
+                f"adds the gradient of {op} with float atomics (not deterministic) and torch.use_deterministic_algorithms is on"
+            )
         return self.refusal(op, device, dtypes, row)
 
 
@@ -189,6 +203,23 @@ def resolve(
             return b.name
         refusals.append(f"{b.name}: {why}")
     raise BackendUnavailableError(f"no backend can run {op} on these inputs; " + "; ".join(refusals))
+
+
+def alert_if_nondeterministic(op: str, name: str) -> None:
+    """Raise PyTorch's non-determinism alert (an error, or a warning with ``warn_only=True``) when
+    deterministic algorithms are on and backend ``name`` computes ``op``'s backward with atomics."""
+    backend = _REGISTRY.get(name)
+    if backend is None or op not in backend.atomic_backward or not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (
+        f"hpm::{op} on backend {name!r} (float atomic adds) does not have a deterministic implementation, but "
+        "torch.use_deterministic_algorithms(True) is set: leave the backend to 'auto' (it then picks a "
+        "deterministic one: 'cpu' or 'reference') or pass warn_only=True"
+    )
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, stacklevel=3)
+    else:
+        raise RuntimeError(message)
 
 
 def kernel(op: str, name: str) -> Callable:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from . import build_config
-from .backends import Backend
+from .backends import ATOMIC_BACKWARD, Backend
 
 OPS = (
     "patchify",
@@ -104,6 +104,7 @@ def cuda_backend(priority: int) -> Backend:
         dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
         max_row={"select_patches": CUDA_MAX_SELECT_ROW},
         priority=priority,
+        atomic_backward=ATOMIC_BACKWARD,  # patch_scatter_add / scatter_add_rows
         unavailable_reason=(lambda: missing) if missing else _no_gpu,
         # Mixed float inputs (a bf16 autocast output against float32 images or losses) are fine:
         # the pairs (T, T) and (half or bfloat16, float32) run natively, any other mix is widened

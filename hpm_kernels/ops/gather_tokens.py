@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _validation as v
+from .. import backends
 from ._dispatch import choose, kernel_for
 
 
@@ -21,7 +22,9 @@ def _(x, ids, backend):
 
 @torch.library.custom_op("hpm::gather_tokens_backward", mutates_args=())
 def _gather_tokens_backward(grad: torch.Tensor, ids: torch.Tensor, L: int, x_batch: int, backend: str) -> torch.Tensor:
-    return kernel_for("gather_tokens_backward", backend, grad, ids, row=L)(grad, ids, L, x_batch)
+    name = choose("gather_tokens_backward", backend, grad, ids, row=L)
+    backends.alert_if_nondeterministic("gather_tokens_backward", name)
+    return backends.kernel("gather_tokens_backward", name)(grad, ids, L, x_batch)
 
 
 @_gather_tokens_backward.register_fake

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _validation as v
+from .. import backends
 from ._dispatch import choose, kernel_for
 
 
@@ -25,7 +26,10 @@ def _(imgs, p, ids, backend):
 
 @torch.library.custom_op("hpm::patchify_backward", mutates_args=())
 def _patchify_backward(grad: torch.Tensor, p: int, H: int, W: int, ids: torch.Tensor | None, backend: str) -> torch.Tensor:
-    return kernel_for("patchify_backward", backend, grad, ids, row=grad.shape[1])(grad, p, H, W, ids)
+    name = choose("patchify_backward", backend, grad, ids, row=grad.shape[1])
+    if ids is not None:  # without ids the backward is unpatchify: every pixel written once
+        backends.alert_if_nondeterministic("patchify_backward", name)
+    return backends.kernel("patchify_backward", name)(grad, p, H, W, ids)
 
 
 @_patchify_backward.register_fake

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from ..backends import Backend
+from ..backends import ATOMIC_BACKWARD, Backend
 
 NAME = "triton"
 #: Largest row (L) one select_patches program sorts in registers.
@@ -27,8 +27,9 @@ def _kernels() -> tuple[Mapping[str, Callable], str | None]:
     if importlib.util.find_spec("triton") is None:
         return {}, "triton is not installed"
     from . import gather_tokens, patch_mse_loss, patchify, ranking_loss, resized_crop, select_patches
+    from ._common import on_input_device
 
-    return {
+    kernels = {
         "patchify": patchify.patchify,
         "patchify_backward": patchify.patchify_backward,
         "unpatchify": patchify.unpatchify,
@@ -40,7 +41,8 @@ def _kernels() -> tuple[Mapping[str, Callable], str | None]:
         "pairwise_ranking_loss": ranking_loss.pairwise_ranking_loss,
         "pairwise_ranking_loss_backward": ranking_loss.pairwise_ranking_loss_backward,
         "resized_crop": resized_crop.resized_crop,
-    }, None
+    }
+    return {op: on_input_device(fn) for op, fn in kernels.items()}, None
 
 
 @functools.cache
@@ -68,6 +70,7 @@ def backend() -> Backend:
         priority=10,
         unavailable_reason=(lambda: missing) if missing else _no_device,
         check=_interpreter_limits,
+        atomic_backward=ATOMIC_BACKWARD,
         description="Triton kernels; default for CUDA tensors"
         + (" (TRITON_INTERPRET=1: also CPU tensors, by name)" if _INTERPRET else ""),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from collections.abc import Callable
 
@@ -32,3 +34,22 @@ def block_size(n: int, cap: int = 4096) -> int:
 def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """Accumulation/loss dtype: float32 for the half and float32 inputs the kernels accept."""
     return torch.float32
+
+
+def device_context(device: torch.device) -> contextlib.AbstractContextManager:
+    """Triton launches on the *current* CUDA device and its current stream: make the tensor's
+    device current for the launch (a no-op for CPU tensors under the interpreter)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def on_input_device(kernel: Callable) -> Callable:
+    """Wrap a launcher so that it runs in the device context of its first tensor argument (the
+    inputs of one op are on one device: the ops check that)."""
+
+    @functools.wraps(kernel)
+    def launch(*args, **kwargs):
+        device = next(a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+        with device_context(device):
+            return kernel(*args, **kwargs)
+
+    return launch

@@ -32,19 +32,19 @@ def _gather_rows_kernel(
     xn = 0 when one x row-set is shared by the whole batch, else n."""
     row = tl.program_id(0)
     n = (row // K).to(tl.int64)
-    k = row % K
-    l = tl.load(ids_ptr + n * s_idn + k * s_idk)
+    k = (row % K).to(tl.int64)
+    l = tl.load(ids_ptr + n * s_idn + k * s_idk).to(tl.int64)
     if SHARED_X:
         xn = 0
     else:
         xn = n
-    d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    d = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64 offsets: d * s_xd may pass 2**31
     inside = d < D
     x_off = xn * s_xn + l * s_xl + d * s_xd
     o_off = n * s_on + k * s_ok + d * s_od
     if SCATTER_ADD:
         g = tl.load(out_ptr + o_off, mask=inside).to(tl.float32)
-        tl.atomic_add(x_ptr + x_off, g, mask=inside)
+        tl.atomic_add(x_ptr + x_off, g, mask=inside, sem="relaxed")
     else:
         tl.store(out_ptr + o_off, tl.load(x_ptr + x_off, mask=inside), mask=inside)
 

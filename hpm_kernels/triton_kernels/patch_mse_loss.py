@@ -42,7 +42,9 @@ def _row_start(ids_ptr, K, p, w, s_in, s_ih, s_iw, s_idn, s_idk):
 
 @triton.jit
 def _load_patch(img_ptr, img_base, e, inside, C, p, s_ic, s_ih, s_iw):
-    """Patch elements e (masked lanes 0) of the patch starting at img_base, in float32."""
+    """Patch elements e (masked lanes 0) of the patch starting at img_base, in float32. Offsets in
+    int64: a channel or row stride times its index may pass 2**31 in one large image."""
+    e = e.to(tl.int64)
     ch = e % C
     j = (e // C) % p
     i = e // (C * p)

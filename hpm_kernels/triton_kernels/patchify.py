@@ -39,14 +39,14 @@ def _patch_copy_kernel(
 ):
     row = tl.program_id(0)
     n = (row // K).to(tl.int64)
-    k = row % K
+    k = (row % K).to(tl.int64)
     if HAS_IDS:
-        l = tl.load(ids_ptr + n * s_idn + k * s_idk)
+        l = tl.load(ids_ptr + n * s_idn + k * s_idk).to(tl.int64)
     else:
         l = k
     r = l // w
     c0 = l % w
-    e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    e = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64 offsets: large images
     inside = e < P
     ch = e % C
     j = (e // C) % p
@@ -61,7 +61,7 @@ def _patch_copy_kernel(
         tl.store(img_ptr + img_off, x, mask=inside)
     else:
         x = tl.load(patch_ptr + patch_off, mask=inside).to(tl.float32)
-        tl.atomic_add(img_ptr + img_off, x, mask=inside)
+        tl.atomic_add(img_ptr + img_off, x, mask=inside, sem="relaxed")
 
 
 def _launch(img: torch.Tensor, patches: torch.Tensor, ids: torch.Tensor | None, p: int, mode: int) -> None:

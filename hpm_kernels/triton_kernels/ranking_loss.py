@@ -65,7 +65,7 @@ def _ranking_loss_fwd_kernel(
 ):
     n = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
-    i = blk * BLOCK_I + tl.arange(0, BLOCK_I)
+    i = blk.to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)  # int64 offsets: i * s_pm may pass 2**31
     in_i = i < M
     s_i = tl.load(pred_ptr + n * s_pn + i * s_pm, mask=in_i, other=0.0).to(tl.float32)
     l_i = tl.load(target_ptr + n * s_tn + i * s_tm, mask=in_i, other=float("nan")).to(tl.float32)
@@ -74,7 +74,7 @@ def _ranking_loss_fwd_kernel(
     acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
     cnt = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.int32)
     for j0 in range(0, M, BLOCK_J):
-        j = j0 + tl.arange(0, BLOCK_J)
+        j = j0 + tl.arange(0, BLOCK_J).to(tl.int64)
         in_j = j < M
         s_j = tl.load(pred_ptr + n * s_pn + j * s_pm, mask=in_j, other=0.0).to(tl.float32)
         l_j = tl.load(target_ptr + n * s_tn + j * s_tm, mask=in_j, other=float("nan")).to(tl.float32)
@@ -106,7 +106,7 @@ def _ranking_loss_bwd_kernel(
 ):
     n = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
-    k = blk * BLOCK_K + tl.arange(0, BLOCK_K)
+    k = blk.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)  # int64 offsets, as in the forward
     in_k = k < M
     s_k = tl.load(pred_ptr + n * s_pn + k * s_pm, mask=in_k, other=0.0).to(tl.float32)
     l_k = tl.load(target_ptr + n * s_tn + k * s_tm, mask=in_k, other=float("nan")).to(tl.float32)
@@ -116,7 +116,7 @@ def _ranking_loss_bwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     cnt = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.int32)
     for m0 in range(0, M, BLOCK_M):
-        m = m0 + tl.arange(0, BLOCK_M)
+        m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         in_m = m < M
         s_m = tl.load(pred_ptr + n * s_pn + m * s_pm, mask=in_m, other=0.0).to(tl.float32)
         l_m = tl.load(target_ptr + n * s_tn + m * s_tm, mask=in_m, other=float("nan")).to(tl.float32)
