@@ -31,6 +31,8 @@ def _result(dataset: str, variant: str, blr: float, seed: int, knn_val: float, c
         cpu_s=cpu_s,
         wall_s=cpu_s,
         eval=dict(knn_acc=knn_val - 0.01, knn_val_acc=knn_val, linear_acc=knn_val + 0.01),
+        spearman_curve=[(1, None)] if variant == "mae" else [(1, 0.3), (2, 0.5)],
+        hardness_spearman=None if variant == "mae" else dict(student=0.45, teacher=0.4 + 0.01 * seed, position=0.6),
     )
 
 
@@ -107,6 +109,8 @@ def test_report_tables_and_plot(tmp_path):
     assert "| HPM (official recipe) | 5e-4 | 3 |" in text and "| 2.10x |" in text
     # loss-only minus its detached twin: +2 points at every seed
     assert "| lossonly − lossonly-stopgrad | +2.00 ± 0.00 (n=3) |" in text
+    # the predictor against the position-only prior, at the best blr, mean over seeds
+    assert "| HPM (official recipe) | 3 | 0.500 | 0.450 | 0.410 | 0.600 |" in text
     png = tmp_path / "fmnist_knn_vs_time.png"
     assert Image.open(png).size == (980, 600)
 

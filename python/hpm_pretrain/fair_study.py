@@ -342,6 +342,30 @@ def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _hardness_table(results: dict[str, dict], dataset: str) -> list[str]:
+    """Held-out Spearman of each hardness map with the actual loss (random masks, 256 test images,
+    end of training), mean over the finished seeds at the method's best blr, beside the
+    position-only prior (the mean loss at each patch position over the other images)."""
+    lines = [
+        "| method | seeds | student, masked query (as trained) | student, full image | teacher, full image (HPM selects by) | position only |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for v in (*MAIN, *ABLATIONS, *LIGHT):
+        rs = [r for r in best_runs(results, dataset, v) if r.get("hardness_spearman")]
+        if not rs or v == "mae":
+            continue
+
+        def mean(key: str, rs=rs) -> str:
+            values = [r["hardness_spearman"].get(key) for r in rs if r["hardness_spearman"].get(key) is not None]
+            return f"{statistics.fmean(values):.3f}" if values else "-"
+
+        masked = statistics.fmean(r["spearman_curve"][-1][1] for r in rs)
+        lines.append(
+            f"| {VARIANTS[v][1]} | {len(rs)} | {masked:.3f} | {mean('student')} | {mean('teacher')} | {mean('position')} |"
+        )
+    return lines if len(lines) > 2 else []
+
+
 def plot(results: dict[str, dict], dataset: str, png: Path) -> Path | None:
     """kNN test accuracy against one-core training time, one point per (method, blr, epochs): the
     seeds' mean, their std as error bars on both axes."""
@@ -389,6 +413,8 @@ def write_report(out: Path) -> Path:
         lines += ["", "### Best vs best", "", *_best_table(results, dataset, variants + tuple(ABLATIONS))]
         lines += ["", "### Where the gain comes from", "", *_decomposition(results, dataset)]
         lines += ["", "### Equal compute", "", *_equal_compute_table(results, dataset)]
+        if hardness := _hardness_table(results, dataset):
+            lines += ["", "### Does the loss predictor beat a position-only prior? (held-out Spearman)", "", *hardness]
         png = plot(results, dataset, out / f"{dataset}_knn_vs_time.png")
         if png is not None:
             lines += ["", f"![kNN vs training time]({png.name})"]

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .data import build_dataset
-from .demo import heldout_spearman
+from .demo import heldout_spearman, pictured_hardness_spearman
 from .evaluate import evaluate
 from .export import load_run
 from .machine import cpu_model
@@ -161,6 +161,8 @@ def run_one(spec: RunSpec, out: Path, work: Path, threads: int) -> dict:
         seg = dict(opt_step=summary["position"]["opt_step"], wall_s=wall, cpu_s=cpu, last=summary["last"])
         if cfg.method != "mae":
             seg["heldout_spearman"] = heldout_spearman(ckpt)
+            # full-image hardness (what HPM selects by) of teacher and student, and the position-only prior
+            seg["hardness_spearman"] = pictured_hardness_spearman(ckpt)
         done["segments"].append(seg)
         done["wall_s"] += wall
         done["cpu_s"] = done.get("cpu_s", 0.0) + cpu
@@ -181,6 +183,7 @@ def run_one(spec: RunSpec, out: Path, work: Path, threads: int) -> dict:
         machine=f"{cpu_model()}, {os.cpu_count()} cores",
         spearman_curve=[(s["opt_step"], s.get("heldout_spearman")) for s in done["segments"]],
         final_train_metrics=done["segments"][-1]["last"],
+        hardness_spearman=done["segments"][-1].get("hardness_spearman"),
     )
     result["eval"] = evaluate(ckpt, num_workers=0, device="cpu", **dict(spec.evaluate_kwargs))
     if cfg.data == "elpv" and cfg.method == "hpm":
