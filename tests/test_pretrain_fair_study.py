@@ -201,3 +201,10 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path, monkeypatch):
     fs.run_all(out, work, jobs=1, threads=1, only={"fmnist-sweep"}, max_runs=1)  # resumes: the next run only
     assert len(list((out / "runs").glob("*.json"))) == 3
     assert "| mae | 1.5e-4 |" in (out / "results.md").read_text()
+
+
+def test_cost_is_only_divided_within_one_seed_and_machine():
+    mae = [dict(config=dict(seed=0), machine="A", cpu_s=100.0), dict(config=dict(seed=1), machine="B", cpu_s=50.0)]
+    hpm = [dict(config=dict(seed=0), machine="A", cpu_s=200.0), dict(config=dict(seed=1), machine="A", cpu_s=210.0)]
+    assert fs.cost_vs_mae(hpm, mae) == 2.0  # seed 1 ran on another machine than MAE's seed 1: left out
+    assert fs.cost_vs_mae(hpm[1:], mae) is None
