@@ -110,7 +110,7 @@ def test_report_tables_and_plot(tmp_path):
     # loss-only minus its detached twin: +2 points at every seed
     assert "| lossonly − lossonly-stopgrad | +2.00 ± 0.00 (n=3) |" in text
     # the predictor against the position-only prior, at the best blr, mean over seeds
-    assert "| HPM (official recipe) | 3 | 0.500 | 0.450 | 0.410 | 0.600 |" in text
+    assert "| HPM (official recipe) | 5e-4 | 3 | 0.500 | 0.450 | 0.410 | 0.600 |" in text
     png = tmp_path / "fmnist_knn_vs_time.png"
     assert Image.open(png).size == (980, 600)
 

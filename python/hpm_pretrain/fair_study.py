@@ -354,26 +354,30 @@ def _sd(values: list[float]) -> float:
 
 def _hardness_table(results: dict[str, dict], dataset: str) -> list[str]:
     """Held-out Spearman of each hardness map with the actual loss (random masks, 256 test images,
-    end of training), mean over the finished seeds at the method's best blr, beside the
+    end of training), mean over the finished seeds of each (method, blr, epochs), beside the
     position-only prior (the mean loss at each patch position over the other images)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results.values():
+        if r["name"].startswith(f"{dataset}-") and r.get("hardness_spearman"):
+            groups.setdefault((list(VARIANTS).index(_variant(r)), r["config"]["blr"], r["config"]["epochs"]), []).append(r)
+    if not groups:
+        return []
     lines = [
-        "| method | seeds | student, masked query (as trained) | student, full image | teacher, full image (HPM selects by) | position only |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | blr | seeds | student, masked query (as trained) | student, full image | teacher, full image (HPM selects by) | position only |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for v in (*MAIN, *ABLATIONS, *LIGHT):
-        rs = [r for r in best_runs(results, dataset, v) if r.get("hardness_spearman")]
-        if not rs or v == "mae":
-            continue
+    for (vi, blr, _), rs in sorted(groups.items()):
 
         def mean(key: str, rs=rs) -> str:
             values = [r["hardness_spearman"].get(key) for r in rs if r["hardness_spearman"].get(key) is not None]
             return f"{statistics.fmean(values):.3f}" if values else "-"
 
         masked = statistics.fmean(r["spearman_curve"][-1][1] for r in rs)
+        label = VARIANTS[list(VARIANTS)[vi]][1]
         lines.append(
-            f"| {VARIANTS[v][1]} | {len(rs)} | {masked:.3f} | {mean('student')} | {mean('teacher')} | {mean('position')} |"
+            f"| {label} | {blr_tag(blr)} | {len(rs)} | {masked:.3f} | {mean('student')} | {mean('teacher')} | {mean('position')} |"
         )
-    return lines if len(lines) > 2 else []
+    return lines
 
 
 def plot(results: dict[str, dict], dataset: str, png: Path) -> Path | None:
