@@ -144,6 +144,9 @@ def test_student_column_and_hardness_spearman(rgb_hpm):
     with torch.no_grad():
         pixels, _ = run.model(imgs, sel)
         _, loss = hk.patch_mse_loss(pixels, imgs, mc.patch_size, sel.ids_mask, run.cfg.norm_pix)
+        masked_scores = run.model(imgs, sel)[1]
+        want = np.mean([spearmanr(masked_scores[n].numpy(), loss[n].numpy()).statistic for n in range(3)])
+        assert rho["masked"] == pytest.approx(want, abs=1e-5)
         for who, net in (("teacher", run.teacher), ("student", run.model)):
             pred = net.hardness(imgs).gather(1, sel.ids_mask)
             want = np.mean([spearmanr(pred[n].numpy(), loss[n].numpy()).statistic for n in range(3)])

@@ -56,11 +56,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import assert_on_device
 from ..ops.gather_tokens import gather_tokens
 from ..ops.patch_mse_loss import patch_mse_loss
 from ..ops.patchify import patchify, unpatchify
 from ..ops.ranking_loss import pairwise_ranking_loss
-from ..ops.select_patches import Selection, mask_counts, select_patches
+from ..ops.select_patches import Selection, select_patches
 
 REQUIRED = (
     "patch_embed",
@@ -234,7 +235,7 @@ def _ids_from_mask(self, mask: torch.Tensor) -> Selection:
     L = masked.shape[1]
     num_mask = int(masked[0].sum())  # the one host read: the count sets the output shapes
     counts = masked.sum(1)
-    torch._assert_async((counts == num_mask).all(), "patch_mae: every row of `mask` must mask as many patches")
+    assert_on_device((counts == num_mask).all(), "patch_mae: every row of `mask` must mask as many patches")
     order = torch.argsort(masked.to(torch.int8), dim=1, stable=True)  # visible (raster), then masked (raster)
     ids_keep, ids_mask = order[:, : L - num_mask], order[:, L - num_mask :]
     sel = Selection(ids_keep, ids_mask, torch.argsort(order, dim=1), masked)
@@ -293,9 +294,8 @@ def _hpm_generate_mask(self, loss_pred, mask_ratio=0.75, images=None, guide=True
     ``r = 0.5 (epoch + 1) / total_epoch`` (0.5 without ``guide``), the rest of the M uniformly at random."""
     ratio = 0.5 * (epoch + 1) / total_epoch if guide else 0.5
     scores = loss_pred.reshape(loss_pred.shape[0], -1).float()
-    noise = torch.rand(scores.shape, device=scores.device)
-    _, num_hard = mask_counts(scores.shape[1], mask_ratio, ratio)
-    sel = select_patches(scores, noise, mask_ratio, ratio if num_hard else 0.0, backend=_backend(self))
+    noise = torch.rand(scores.shape, device=scores.device)  # when int(M * ratio) = 0 this is random masking
+    sel = select_patches(scores, noise, mask_ratio, ratio, backend=_backend(self))
     return sel.mask.to(loss_pred.dtype if loss_pred.is_floating_point() else torch.float32)
 
 
@@ -314,7 +314,7 @@ def patch_mae(model: nn.Module, *, backend: str | None = None) -> nn.Module:
 
     Args:
         model: an ``nn.Module`` following the MAE or the official HPM interface (module docstring).
-        backend: an hpm_kernels backend for every op of the model ("reference", "cpp", "triton",
+        backend: an hpm_kernels backend for every op of the model ("reference", "cpu", "triton", "cuda",
             ...), or None for the automatic choice.
 
     Raises:

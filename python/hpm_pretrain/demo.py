@@ -30,7 +30,7 @@ import torch
 from . import schedule
 from .data import build_dataset
 from .export import load_run
-from .train import PretrainConfig, optimizer_steps_per_epoch, pretrain, spearman
+from .train import PretrainConfig, optimizer_steps_per_epoch, pretrain
 from .visualize import hardness_spearman, visualize
 
 DEMO = PretrainConfig(
@@ -52,29 +52,15 @@ DEMO = PretrainConfig(
 
 
 @torch.no_grad()
-def pictured_hardness_spearman(checkpoint: Path, num_images: int = 256, seed: int = 0) -> dict[str, float]:
-    """``visualize.hardness_spearman`` (full-image hardness of the teacher and of the student's
-    predictor, as pictured, vs the actual loss under random masks) on held-out (test split) images."""
+def heldout_hardness_spearman(checkpoint: Path, num_images: int = 256, seed: int = 0) -> dict[str, float]:
+    """``visualize.hardness_spearman`` on held-out (test split) images under random masks: the
+    student's predictor queried as trained (``masked``), the full-image hardness maps as pictured
+    (``teacher``, ``student``) and the position-only prior (``position``)."""
     run = load_run(checkpoint)
     dataset = build_dataset(run.data_config(split="test", limit=num_images))
     imgs = torch.stack([item[0] for item in (dataset[i] for i in range(len(dataset))) if item is not None])
     noise = torch.rand(imgs.shape[0], run.model.cfg.num_patches, generator=torch.Generator().manual_seed(seed))
     return hardness_spearman(run, imgs, noise)
-
-
-@torch.no_grad()
-def heldout_spearman(checkpoint: Path, num_images: int = 256, seed: int = 0) -> float:
-    """Spearman correlation between the student's predicted and actual per-patch loss on held-out
-    (test split) images under random masks, the way the predictor is trained."""
-    run = load_run(checkpoint)
-    dataset = build_dataset(run.data_config(split="test", limit=num_images))
-    imgs = torch.stack([item[0] for item in (dataset[i] for i in range(len(dataset))) if item is not None])
-    model, cfg = run.model, run.cfg
-    noise = torch.rand(imgs.shape[0], model.cfg.num_patches, generator=torch.Generator().manual_seed(seed))
-    sel = model.ops.select_patches(noise, noise, cfg.mask_ratio, 0.0)
-    pixels, scores = model(imgs, sel)
-    _, per_patch = model.ops.patch_mse_loss(pixels, imgs, model.cfg.patch_size, sel.ids_mask, cfg.norm_pix)
-    return spearman(scores, per_patch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  last loss: reconstruction {last['loss_rec']:.4f}, loss prediction {last['loss_pred']:.4f}")
     print(f"  Spearman(predicted, actual per-patch loss): {last['spearman']:.3f} on the last training batch")
     ckpt = Path(cfg.out_dir) / "checkpoint.pt"
-    print(f"  Spearman on 256 held-out test images (student predictor, masked query as trained): {heldout_spearman(ckpt):.3f}")
-    pictured = pictured_hardness_spearman(ckpt)
+    pictured = heldout_hardness_spearman(ckpt)
+    print(f"  Spearman on 256 held-out test images (student predictor, masked query as trained): {pictured['masked']:.3f}")
     print("  Spearman of the pictured hardness maps with the actual per-patch loss, 256 held-out cells, random masks:")
     for who, what in (("teacher", "EMA teacher (what HPM selects by)"), ("student", "student's predictor")):
         if who in pictured:

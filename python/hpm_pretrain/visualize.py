@@ -139,16 +139,20 @@ def _hardness_maps(run: Run, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def hardness_spearman(run: Run, imgs: torch.Tensor, noise: torch.Tensor) -> dict[str, float]:
-    """Spearman correlation of each full-image hardness map (teacher, student) with the student's
-    actual per-patch loss at the patches masked by ``noise`` (random masking), over the batch."""
+    """Spearman correlation with the student's actual per-patch loss at the patches masked by
+    ``noise`` (random masking), over the batch, of: each full-image hardness map (``teacher``,
+    ``student``), the student's predictor queried as it is trained (``masked``: mask tokens at the
+    masked positions; models with a predictor) and the position-only prior (``position``)."""
     device = next(run.model.parameters()).device
     imgs, noise = imgs.to(device), noise.to(device)
     model, cfg = run.model, run.cfg
     sel = model.ops.select_patches(noise, noise, cfg.mask_ratio, 0.0)
-    pixels, _ = model(imgs, sel)
+    pixels, masked_scores = model(imgs, sel)
     _, per_patch = model.ops.patch_mse_loss(pixels, imgs, model.cfg.patch_size, sel.ids_mask, cfg.norm_pix)
     rho = {who: spearman(scores.gather(1, sel.ids_mask), per_patch) for who, scores in _hardness_maps(run, imgs).items()}
     rho["position"] = spearman(position_prior(per_patch.float(), sel.ids_mask, model.cfg.num_patches), per_patch)
+    if masked_scores is not None:
+        rho["masked"] = spearman(masked_scores, per_patch)
     return rho
 
 
